@@ -1,0 +1,3 @@
+from clerk_sync_cli.cli import main
+
+main()

@@ -1,0 +1,280 @@
+"""Clerk Backend API client: auth, pacing, retries, paging. The only module that speaks HTTP.
+
+Responses are classified where they arrive: 429, 5xx, timeouts, dropped connections and
+truncated bodies are retriable; 401/403 and other 4xx are not. Retrying happens in one place
+(:meth:`ClerkClient._request`), bounded in attempts and in total time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+)
+
+from clerk_sync_cli import __version__
+from clerk_sync_cli.errors import (
+    ClerkAuthError,
+    ClerkDataError,
+    ClerkRequestError,
+    ClerkUnavailableError,
+    RetriableError,
+)
+from clerk_sync_cli.settings import key_kind
+
+PAGE_LIMIT = 500  # Clerk's maximum page size
+RATE_LIMITS = {"sk_live_": 1000, "sk_test_": 100}  # requests per 10 s, per instance
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 8
+    max_seconds: float = 300.0
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_cap: float = 60.0
+
+
+def default_max_rps(secret_key: SecretStr) -> float:
+    """A pace safely under the instance's limit, inferred from the key's prefix."""
+    value = secret_key.get_secret_value()
+    per_10s = next((n for p, n in RATE_LIMITS.items() if value.startswith(p)), 100)
+    return per_10s / 10 * 0.9
+
+
+class RateLimiter:
+    """A token bucket shared by every request of a run, retries included.
+
+    ``cool_down`` stops everyone until a server-given time, so one 429 pauses all workers.
+    """
+
+    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)  # at most one second's worth in a burst
+        self._tokens = self.capacity
+        self._clock = clock
+        self._stamp = clock()
+        self._resume_at = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self._lock:
+                now = self._clock()
+                self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+                wait = max(self._resume_at - now, 0.0)
+                if wait == 0.0 and self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    return
+                if wait == 0.0:
+                    wait = (1.0 - self._tokens) / self.rate
+            time.sleep(wait)
+
+    def cool_down(self, seconds: float) -> None:
+        with self._lock:
+            self._resume_at = max(self._resume_at, self._clock() + seconds)
+            self._tokens = 0.0
+
+
+def retry_after_seconds(header: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds: an integer, or an HTTP date."""
+    if not header:
+        return None
+    header = header.strip()
+    if header.isdigit():
+        return float(header)
+    try:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _clerk_message(response: httpx.Response) -> str:
+    """Clerk's own words for an error response (``errors[0].long_message``), if any."""
+    try:
+        body = response.json()
+        first = body["errors"][0]
+        text = str(first.get("long_message") or first.get("message") or "")
+        code = str(first.get("code") or "")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return f"HTTP {response.status_code}"
+    return f"{code}: {text}" if code else text
+
+
+class ClerkClient:
+    """Talks to ``base_url`` (e.g. ``https://api.clerk.com/v1``) with one secret key."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        base_url: str,
+        secret_key: SecretStr,
+        *,
+        max_rps: float | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._key = secret_key
+        self._kind = key_kind(secret_key)
+        self.limiter = RateLimiter(max_rps or default_max_rps(secret_key))
+        self._retry = retry
+        self._sleep = sleep
+        self.requests = 0
+        self._count_lock = threading.Lock()
+
+    # -- the API -----------------------------------------------------------------------------
+
+    def count_users(self) -> int:
+        body = self._get_json("/users/count", {})
+        total = body.get("total_count") if isinstance(body, dict) else None
+        if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+            raise ClerkDataError("Clerk's /users/count answer has no total_count; stopping.")
+        return total
+
+    def get_instance(self) -> dict[str, Any]:
+        body = self._get_json("/instance", {})
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise ClerkDataError("Clerk's /instance answer has no id; stopping.")
+        return body
+
+    def get_user(self, user_id: str) -> dict[str, Any] | None:
+        """One user, or None when Clerk answers 404 (deleted or never existed)."""
+        body = self._get_json(f"/users/{user_id}", {}, missing_ok=True)
+        if body is None:
+            return None
+        if not isinstance(body, dict):
+            raise ClerkDataError(f"Clerk's answer for user {user_id} is not an object; stopping.")
+        return body
+
+    def iter_pages(
+        self, *, limit: int = PAGE_LIMIT, extra: dict[str, Any] | None = None
+    ) -> Iterator[list[Any]]:
+        """Every user in ``+created_at`` order, a page at a time, walked with the
+        ``starting_after`` cursor. Ends after the first page shorter than ``limit``."""
+        params: dict[str, Any] = {"limit": limit, "order_by": "+created_at", **(extra or {})}
+        cursor: str | None = None
+        seen_cursors: set[str] = set()
+        while True:
+            page_params = dict(params)
+            if cursor is not None:
+                page_params["starting_after"] = cursor
+            page = self._get_json("/users", page_params)
+            if not isinstance(page, list):
+                raise ClerkDataError(
+                    "Clerk's user list is not a JSON array; stopping before changing anything."
+                )
+            yield page
+            if len(page) < limit:
+                return
+            last = page[-1]
+            cursor = last.get("id") if isinstance(last, dict) else None
+            if not isinstance(cursor, str) or not cursor:
+                raise ClerkDataError("The last user of a full page has no id; cannot page on.")
+            if cursor in seen_cursors:
+                raise ClerkDataError("Loop detected in pagination: Clerk returned a page twice.")
+            seen_cursors.add(cursor)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _get_json(self, path: str, params: dict[str, Any], *, missing_ok: bool = False) -> Any:
+        return self._request("GET", path, params, missing_ok=missing_ok)
+
+    def _request(self, method: str, path: str, params: dict[str, Any], *, missing_ok: bool) -> Any:
+        policy = self._retry
+        retrying = Retrying(
+            retry=retry_if_exception_type(RetriableError),
+            stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_seconds),
+            wait=self._wait,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._attempt(method, path, params, missing_ok=missing_ok)
+        except RetriableError as exc:
+            raise ClerkUnavailableError(
+                f"Clerk is unavailable: {exc.message} (gave up after "
+                f"{retrying.statistics.get('attempt_number', policy.attempts)} attempts).",
+                "Try again later; nothing was deactivated.",
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _wait(self, state: RetryCallState) -> float:
+        policy = self._retry
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RetriableError) and error.retry_after is not None:
+            return min(error.retry_after, policy.retry_after_cap)
+        ceiling = min(policy.backoff_max, policy.backoff_base * 2 ** (state.attempt_number - 1))
+        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+
+    def _attempt(self, method: str, path: str, params: dict[str, Any], *, missing_ok: bool) -> Any:
+        self.limiter.acquire()
+        with self._count_lock:
+            self.requests += 1
+        url = self._base + path
+        headers = {
+            "Authorization": f"Bearer {self._key.get_secret_value()}",
+            "User-Agent": f"clerk-sync/{__version__}",
+            "Accept": "application/json",
+        }
+        try:
+            response = self._http.request(method, url, params=params, headers=headers)
+        except httpx.TimeoutException:
+            raise RetriableError(f"request to {self._base} timed out") from None
+        except httpx.TransportError as exc:
+            raise RetriableError(f"cannot reach {self._base} ({_transport_reason(exc)})") from None
+        status = response.status_code
+        if status == 429:
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            if wait is not None:
+                self.limiter.cool_down(min(wait, self._retry.retry_after_cap))
+            raise RetriableError("rate limited (HTTP 429)", retry_after=wait)
+        if status >= 500:
+            raise RetriableError(f"HTTP {status} from Clerk")
+        if status in (401, 403):
+            raise ClerkAuthError(
+                f"Clerk rejected the secret key ({self._kind}): HTTP {status}.",
+                "Check CLERK_SECRET_KEY (Clerk dashboard → Configure → API keys) and CLERK_API_URL.",
+            )
+        if status == 404 and missing_ok:
+            return None
+        if status >= 400:
+            raise ClerkRequestError(
+                f"Clerk refused {method} {path}: HTTP {status} {self._scrub(_clerk_message(response))}",
+                "Check CLERK_API_URL points at the Backend API (https://api.clerk.com/v1).",
+            )
+        try:
+            return json.loads(response.content)
+        except ValueError:
+            raise RetriableError(f"truncated or non-JSON answer to {path}") from None
+
+    def _scrub(self, text: str) -> str:
+        secret = self._key.get_secret_value()
+        return text.replace(secret, self._kind) if secret else text
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    text = str(exc) or type(exc).__name__
+    return re.sub(r"\s+", " ", text)[:160]

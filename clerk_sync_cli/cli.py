@@ -1,0 +1,470 @@
+"""The ``clerk-sync`` command line: each command is a short recipe of named steps.
+
+Build settings, the Clerk client, the store and the reporter; call one library function;
+print its report. Expected failures become a message and an exit code in one place,
+:func:`handle_errors`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Annotated
+
+import httpx
+import typer
+
+from clerk_sync_cli import __version__, ddl
+from clerk_sync_cli.clerk import ClerkClient, RetryPolicy
+from clerk_sync_cli.demo import demo_summary, run_demo
+from clerk_sync_cli.emulator import (
+    DEFAULT_PORT,
+    DEFAULT_SECRET_KEY,
+    EmulatorConfig,
+    resolve_rate_limit,
+    serve,
+)
+from clerk_sync_cli.errors import ClerkSyncError, ConfigError, ExitCode
+from clerk_sync_cli.plan import DeactivationGuard
+from clerk_sync_cli.report import Reporter
+from clerk_sync_cli.settings import (
+    Settings,
+    describe_dsn,
+    env_file_warning,
+    key_kind,
+    load_settings,
+)
+from clerk_sync_cli.store import Store, connect
+from clerk_sync_cli.sync import SyncOptions, SyncResult, inspect_user, reconcile
+
+app = typer.Typer(
+    name="clerk-sync",
+    help=(
+        "Make your Postgres `users` table match Clerk: backfill, reconcile, inspect.\n\n"
+        "Example: clerk-sync diff --dry-run"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# -- shared options ------------------------------------------------------------------------------
+
+SecretKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--clerk-secret-key",
+        envvar="CLERK_SECRET_KEY",
+        show_envvar=True,
+        help="Clerk secret key (sk_live_… / sk_test_…). Prefer the env var.",
+    ),
+]
+DatabaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="DATABASE_URL",
+        show_envvar=True,
+        help="Postgres connection string (Supabase: session pooler or direct).",
+    ),
+]
+ApiUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--clerk-api-url",
+        envvar="CLERK_API_URL",
+        show_envvar=True,
+        help="Clerk Backend API base URL [default: https://api.clerk.com/v1].",
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Plan and report; write nothing to users or settings.")
+]
+MaxRpsOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-rps",
+        min=0.1,
+        help="Requests per second to Clerk [default: 90 for sk_live_ keys, 9 for sk_test_ keys].",
+    ),
+]
+BatchSizeOpt = Annotated[
+    int,
+    typer.Option("--batch-size", min=1, max=50_000, help="Changed rows written per transaction."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only a one-line summary.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clerk-sync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Make your Postgres `users` table match Clerk."""
+
+
+# -- the one place errors become exit codes ----------------------------------------------------
+
+
+@contextmanager
+def handle_errors(reporter: Reporter, command: str, settings: list[Settings]) -> Iterator[None]:
+    """Expected failures: message + exit code. Anything else: one line, exit 70, no secrets."""
+    try:
+        yield
+    except ClerkSyncError as exc:
+        reporter.error(exc, command)
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        reporter.err.print("interrupted; nothing half-applied (each batch is atomic).")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if os.environ.get("CLERK_SYNC_DEBUG"):
+            raise
+        text = f"{type(exc).__name__}: {exc}"
+        for current in settings:
+            for secret in current.secrets():
+                text = text.replace(secret, "***")
+        error = ClerkSyncError(
+            f"internal error: {text[:300]}",
+            "This is a bug in clerk-sync; rerun with CLERK_SYNC_DEBUG=1 for a traceback.",
+        )
+        reporter.error(error, command)
+        raise typer.Exit(70) from None
+
+
+def _settings(holder: list[Settings], reporter: Reporter, **given: str | None) -> Settings:
+    settings = load_settings(**given)
+    holder.append(settings)
+    warning = env_file_warning()
+    if warning:
+        reporter.warn(warning)
+    return settings
+
+
+def _clerk(stack: ExitStack, settings: Settings, max_rps: float | None) -> ClerkClient:
+    http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0)))
+    retry = RetryPolicy(
+        attempts=settings.clerk_sync_max_attempts, max_seconds=settings.clerk_sync_retry_seconds
+    )
+    return ClerkClient(
+        http, settings.api_url(), settings.secret_key(), max_rps=max_rps, retry=retry
+    )
+
+
+def _store(stack: ExitStack, settings: Settings) -> Store:
+    conn = stack.enter_context(connect(settings.dsn()))
+    return Store(conn)
+
+
+def _run_sync(
+    command: str,
+    options: SyncOptions,
+    *,
+    clerk_secret_key: str | None,
+    database_url: str | None,
+    clerk_api_url: str | None,
+    max_rps: float | None,
+    json_out: bool,
+    quiet: bool,
+    prompt: bool,
+) -> SyncResult:
+    reporter = Reporter(json_mode=json_out, quiet=quiet)
+    holder: list[Settings] = []
+    with handle_errors(reporter, command, holder), ExitStack() as stack:
+        settings = _settings(
+            holder,
+            reporter,
+            clerk_secret_key=clerk_secret_key,
+            database_url=database_url,
+            clerk_api_url=clerk_api_url,
+        )
+        client = _clerk(stack, settings, max_rps)
+        store = _store(stack, settings)
+        confirm = reporter.confirm_deactivation if prompt and _interactive() else None
+        result = reconcile(
+            client, store, options, progress=reporter.progress("Reading Clerk"), confirm=confirm
+        )
+        reporter.sync_result(result)
+        return result
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+@app.command()
+def backfill(
+    dry_run: DryRunOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    batch_size: BatchSizeOpt = 2000,
+    max_rps: MaxRpsOpt = None,
+    clerk_secret_key: SecretKeyOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    clerk_api_url: ApiUrlOpt = None,
+) -> None:
+    """Create, update and reactivate rows from Clerk; repair missing settings. Never deactivates.
+
+    Example: clerk-sync backfill --dry-run
+    """
+    options = SyncOptions("backfill", dry_run=dry_run, deactivate=False, batch_size=batch_size)
+    result = _run_sync(
+        "backfill",
+        options,
+        clerk_secret_key=clerk_secret_key,
+        database_url=database_url,
+        clerk_api_url=clerk_api_url,
+        max_rps=max_rps,
+        json_out=json_out,
+        quiet=quiet,
+        prompt=False,
+    )
+    raise typer.Exit(int(result.exit_code()))
+
+
+@app.command()
+def diff(
+    dry_run: DryRunOpt = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Apply deactivations without asking.")
+    ] = False,
+    exit_code: Annotated[
+        bool, typer.Option("--exit-code", help="Exit 1 when drift was found (like git diff).")
+    ] = False,
+    max_deactivations: Annotated[
+        int | None,
+        typer.Option(
+            "--max-deactivations",
+            min=0,
+            help="Allow up to N deactivations, overriding the safety limit "
+            "(more than 10 and more than 5% of active rows).",
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    batch_size: BatchSizeOpt = 2000,
+    max_rps: MaxRpsOpt = None,
+    clerk_secret_key: SecretKeyOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    clerk_api_url: ApiUrlOpt = None,
+) -> None:
+    """Full reconcile: everything backfill does, plus deactivating rows of users deleted in Clerk.
+
+    Example: clerk-sync diff --dry-run --exit-code
+    """
+    options = SyncOptions(
+        "diff",
+        dry_run=dry_run,
+        deactivate=True,
+        batch_size=batch_size,
+        guard=DeactivationGuard(max_deactivations=max_deactivations),
+    )
+    result = _run_sync(
+        "diff",
+        options,
+        clerk_secret_key=clerk_secret_key,
+        database_url=database_url,
+        clerk_api_url=clerk_api_url,
+        max_rps=max_rps,
+        json_out=json_out,
+        quiet=quiet,
+        prompt=not yes,
+    )
+    raise typer.Exit(int(result.exit_code(fail_on_drift=exit_code)))
+
+
+@app.command()
+def user(
+    clerk_id: Annotated[
+        str, typer.Argument(help="The Clerk user id, e.g. user_2x8kQm3VbN7pLr4TzYw1HcDeFgA.")
+    ],
+    apply: Annotated[bool, typer.Option("--apply", help="Sync just this user now.")] = False,
+    json_out: JsonOpt = False,
+    max_rps: MaxRpsOpt = None,
+    clerk_secret_key: SecretKeyOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    clerk_api_url: ApiUrlOpt = None,
+) -> None:
+    """Show one user side by side: Clerk's record, the table row, the settings row, the plan.
+
+    Example: clerk-sync user user_2x8kQm3VbN7pLr4TzYw1HcDeFgA --apply
+    """
+    reporter = Reporter(json_mode=json_out)
+    holder: list[Settings] = []
+    with handle_errors(reporter, "user", holder), ExitStack() as stack:
+        settings = _settings(
+            holder,
+            reporter,
+            clerk_secret_key=clerk_secret_key,
+            database_url=database_url,
+            clerk_api_url=clerk_api_url,
+        )
+        client = _clerk(stack, settings, max_rps)
+        store = _store(stack, settings)
+        report = inspect_user(client, store, clerk_id, apply=apply)
+        reporter.user_report(report)
+    if not report.found:
+        raise typer.Exit(int(ExitCode.DRIFT))
+    if report.problem:
+        raise typer.Exit(int(ExitCode.PARTIAL))
+
+
+@app.command("init-db")
+def init_db(
+    print_sql: Annotated[
+        bool, typer.Option("--print", help="Print the SQL (for Supabase's SQL editor) instead.")
+    ] = False,
+    json_out: JsonOpt = False,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Create the users and settings tables, triggers and clerk-sync's own schema, if absent.
+
+    Idempotent and additive: never drops or alters anything that exists.
+
+    Example: clerk-sync init-db --print > clerk-sync.sql
+    """
+    reporter = Reporter(json_mode=json_out)
+    holder: list[Settings] = []
+    with handle_errors(reporter, "init-db", holder):
+        if print_sql:
+            reporter.sql_script(ddl.script())
+            return
+        settings = _settings(holder, reporter, database_url=database_url)
+        dsn = settings.dsn()
+        with connect(dsn) as conn:
+            store = Store(conn)
+            applied = []
+            for sql_file in ddl.sql_files():
+                store.apply_sql(sql_file.name, sql_file.text)
+                applied.append(sql_file.name)
+        reporter.init_db(applied, str(describe_dsn(dsn)))
+
+
+@app.command()
+def emulator(
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="0 picks a free port.")
+    ] = DEFAULT_PORT,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
+    users: Annotated[int, typer.Option("--users", min=0, help="Users to generate.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same users.")] = 0,
+    edge_cases: Annotated[
+        bool, typer.Option("--edge-cases", help="Mix in awkward users (no email, banned, …).")
+    ] = False,
+    latency_ms: Annotated[
+        float, typer.Option("--latency-ms", min=0, help="Delay per request.")
+    ] = 0,
+    deep_offset_ms: Annotated[
+        float, typer.Option("--deep-offset-ms", min=0, help="Extra delay per 1000 of offset.")
+    ] = 0,
+    rate_limit: Annotated[
+        str,
+        typer.Option(
+            "--rate-limit",
+            help="off, production (1000/10 s), development (100/10 s) or N per 10 s.",
+        ),
+    ] = "off",
+    throttle_every: Annotated[
+        int, typer.Option("--throttle-every", min=0, help="Every Nth request answers 429.")
+    ] = 0,
+    fail_every: Annotated[
+        int, typer.Option("--fail-every", min=0, help="Every Nth request answers 500.")
+    ] = 0,
+    truncate_every: Annotated[
+        int, typer.Option("--truncate-every", min=0, help="Every Nth list response is cut short.")
+    ] = 0,
+    secret_key: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-key",
+            envvar="CLERK_SECRET_KEY",
+            show_envvar=True,
+            help=f"The one key it accepts [default: {DEFAULT_SECRET_KEY}].",
+        ),
+    ] = None,
+) -> None:
+    """Serve a local stand-in for Clerk's Backend API, for trying clerk-sync and for CI.
+
+    Example: clerk-sync emulator --users 10000 --edge-cases --rate-limit development
+    """
+    reporter = Reporter()
+    with handle_errors(reporter, "emulator", []):
+        try:
+            config = EmulatorConfig(
+                secret_key=secret_key or DEFAULT_SECRET_KEY,
+                users=users,
+                seed=seed,
+                edge_cases=edge_cases,
+                latency_ms=latency_ms,
+                deep_offset_ms_per_1000=deep_offset_ms,
+                rate_limit=None if rate_limit == "off" else resolve_rate_limit(rate_limit),
+                throttle_every=throttle_every,
+                fail_every=fail_every,
+                truncate_every=truncate_every,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"emulator: {exc}") from None
+        shown = (
+            DEFAULT_SECRET_KEY
+            if config.secret_key == DEFAULT_SECRET_KEY
+            else key_kind(config.secret_key)
+        )
+        try:
+            serve(
+                config,
+                host=host,
+                port=port,
+                on_ready=lambda url: reporter.emulator_ready(url, shown, users),
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"emulator: cannot listen on {host}:{port} ({exc.strerror}).",
+                "Pick another --port, or 0 for a free one.",
+            ) from None
+
+
+@app.command()
+def demo(
+    users: Annotated[
+        int, typer.Option("--users", min=100, help="Users in the emulated Clerk.")
+    ] = 3000,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave Postgres and the emulator running afterwards.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the whole job on a throwaway Postgres and a local Clerk emulator; needs nothing set.
+
+    Example: clerk-sync demo
+    """
+    reporter = Reporter(json_mode=json_out, sample=5)
+    with handle_errors(reporter, "demo", []):
+        outcome = run_demo(reporter, users=users, keep=keep)
+        final = outcome.runs[-1]
+        ok = all(r.status == "ok" for r in outcome.runs) and not final.drift
+        reporter.demo_result(outcome.runs, demo_summary(outcome), ok)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app(prog_name="clerk-sync")

@@ -1,0 +1,179 @@
+"""``clerk-sync demo``: the whole job on a throwaway Postgres and a local Clerk emulator.
+
+Starts both, applies ``sql/``, backfills, makes Clerk drift (renames, bans, deletions, new
+sign-ups) through the emulator's control API, then runs ``diff --dry-run`` and ``diff``.
+Everything it started is stopped and removed at the end, unless ``keep``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+from pydantic import SecretStr
+
+from clerk_sync_cli import ddl
+from clerk_sync_cli.clerk import ClerkClient
+from clerk_sync_cli.embedded_postgres import embedded_postgres, stop_command
+from clerk_sync_cli.emulator import DEFAULT_SECRET_KEY
+from clerk_sync_cli.errors import ClerkSyncError
+from clerk_sync_cli.store import Store, connect
+from clerk_sync_cli.sync import Progress, SyncOptions, SyncResult, reconcile
+
+
+@dataclass(frozen=True)
+class Drift:
+    renamed: int = 20
+    banned: int = 5
+    deleted: int = 8  # under the default guard (10), so diff applies them
+    signed_up: int = 12
+
+
+@dataclass
+class DemoOutcome:
+    runs: list[SyncResult] = field(default_factory=list)
+    drift: Drift = field(default_factory=Drift)
+    database_url: str = ""
+    clerk_api_url: str = ""
+    emulator_pid: int | None = None
+    kept: bool = False
+
+
+class DemoSteps(Protocol):
+    """What the demo tells its viewer; the reporter implements it."""
+
+    def step(self, text: str) -> None: ...
+    def run_result(self, title: str, result: SyncResult) -> None: ...
+    def progress(self, label: str) -> Progress | None: ...
+
+
+@contextmanager
+def emulator_process(users: int, seed: int, keep: bool) -> Iterator[tuple[str, int]]:
+    """``clerk-sync emulator`` in a child process; yields (base URL, pid)."""
+    command = [
+        sys.executable,
+        "-m",
+        "clerk_sync_cli",
+        "emulator",
+        "--port",
+        "0",
+        "--users",
+        str(users),
+        "--seed",
+        str(seed),
+        "--edge-cases",
+    ]
+    env = {**os.environ, "CLERK_SECRET_KEY": DEFAULT_SECRET_KEY}
+    child = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=keep,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().strip()
+        if not line.startswith("CLERK_API_URL="):
+            raise ClerkSyncError("The Clerk emulator did not start.")
+        yield line.split("=", 1)[1], child.pid
+    finally:
+        if not keep:
+            child.terminate()
+            try:
+                child.wait(5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def make_drift(http: httpx.Client, base_url: str, drift: Drift) -> None:
+    """Change Clerk the way real life does, through the emulator's control API."""
+    root = base_url.rsplit("/v1", 1)[0] + "/_emulator"
+    headers = {"Authorization": f"Bearer {DEFAULT_SECRET_KEY}"}
+    listed = (
+        http.get(
+            f"{base_url}/users", params={"limit": 100, "order_by": "+created_at"}, headers=headers
+        )
+        .raise_for_status()
+        .json()
+    )
+    ids = [u["id"] for u in listed if not u.get("banned")]
+    picks = iter(ids)
+    for n, user_id in zip(range(drift.renamed), picks, strict=False):
+        http.patch(
+            f"{root}/users/{user_id}", json={"first_name": f"Renamed{n}"}, headers=headers
+        ).raise_for_status()
+    for _, user_id in zip(range(drift.banned), picks, strict=False):
+        http.post(f"{root}/users/{user_id}/ban", headers=headers).raise_for_status()
+    for _, user_id in zip(range(drift.deleted), picks, strict=False):
+        http.delete(f"{root}/users/{user_id}", headers=headers).raise_for_status()
+    for n in range(drift.signed_up):
+        http.post(
+            f"{root}/users",
+            json={"first_name": f"New{n}", "last_name": "Signup", "email": f"new{n}@example.com"},
+            headers=headers,
+        ).raise_for_status()
+
+
+def run_demo(
+    steps: DemoSteps, *, users: int = 3000, seed: int = 42, keep: bool = False
+) -> DemoOutcome:
+    outcome = DemoOutcome(kept=keep)
+    started = time.monotonic()
+    with ExitStack() as stack:
+        steps.step("Starting a throwaway Postgres (embedded, no install needed)")
+        dsn = stack.enter_context(embedded_postgres(keep=keep))
+        outcome.database_url = dsn
+        conn = stack.enter_context(connect(dsn))
+        store = Store(conn)
+        steps.step("Applying sql/ (what `clerk-sync init-db` does)")
+        for sql_file in ddl.sql_files():
+            store.apply_sql(sql_file.name, sql_file.text)
+        steps.step(f"Starting the Clerk emulator with {users} users (some awkward on purpose)")
+        base_url, pid = stack.enter_context(emulator_process(users, seed, keep))
+        outcome.clerk_api_url, outcome.emulator_pid = base_url, pid
+        http = stack.enter_context(httpx.Client(timeout=30.0))
+        client = ClerkClient(http, base_url, SecretStr(DEFAULT_SECRET_KEY), max_rps=200)
+
+        def run(title: str, options: SyncOptions) -> None:
+            steps.step(title)
+            result = reconcile(client, store, options, progress=steps.progress("Reading Clerk"))
+            outcome.runs.append(result)
+            steps.run_result(title, result)
+
+        run("$ clerk-sync backfill", SyncOptions("backfill"))
+        d = outcome.drift
+        steps.step(
+            f"Clerk drifts: {d.renamed} renamed, {d.banned} banned, {d.deleted} deleted, "
+            f"{d.signed_up} new sign-ups"
+        )
+        make_drift(http, base_url, d)
+        run("$ clerk-sync diff --dry-run", SyncOptions("diff", dry_run=True, deactivate=True))
+        run("$ clerk-sync diff --yes", SyncOptions("diff", deactivate=True))
+        run(
+            "$ clerk-sync diff --exit-code   (again: nothing left to do)",
+            SyncOptions("diff", deactivate=True),
+        )
+    steps.step(
+        f"Done in {time.monotonic() - started:.1f}s"
+        + ("." if keep else "; stopped the emulator and Postgres, removed their files.")
+    )
+    return outcome
+
+
+def demo_summary(outcome: DemoOutcome) -> dict[str, Any]:
+    return {
+        "database_url": outcome.database_url if outcome.kept else None,
+        "clerk_api_url": outcome.clerk_api_url if outcome.kept else None,
+        "emulator_pid": outcome.emulator_pid if outcome.kept else None,
+        "stop_postgres": stop_command(outcome.database_url) if outcome.kept else None,
+    }

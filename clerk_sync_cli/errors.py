@@ -1,0 +1,84 @@
+"""Exit codes and the one exception family the library raises.
+
+Library code raises a :class:`ClerkSyncError` subclass where a failure is understood; the CLI
+turns it into its message and :attr:`ClerkSyncError.exit_code` in exactly one place.
+Messages are written for the person at the terminal: what happened, then what to do.
+They never contain a secret.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    DRIFT = 1  # drift found with --exit-code, or `user` found the id nowhere
+    CONFIG = 2  # usage or configuration (missing setting, rejected key, missing table)
+    REFUSED = 3  # a safety guard refused to act
+    PARTIAL = 4  # some users could not be synced; they are listed
+    UNAVAILABLE = 5  # Clerk or the database unavailable after retries
+
+
+class ClerkSyncError(Exception):
+    """An expected failure, with a message fit to print and an exit code."""
+
+    exit_code: ExitCode = ExitCode.CONFIG
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class ConfigError(ClerkSyncError):
+    exit_code = ExitCode.CONFIG
+
+
+class SchemaError(ClerkSyncError):
+    """The database lacks something the sync relies on (a table, a column, a constraint)."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class ClerkAuthError(ClerkSyncError):
+    exit_code = ExitCode.CONFIG
+
+
+class ClerkRequestError(ClerkSyncError):
+    """Clerk rejected a request for a reason retrying cannot fix (400, 404 on a list, 422)."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class ClerkUnavailableError(ClerkSyncError):
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class ClerkDataError(ClerkSyncError):
+    """Clerk answered 200 with a body of the wrong shape: fail closed."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class DatabaseUnavailableError(ClerkSyncError):
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class BatchDataError(ClerkSyncError):
+    """The database refused a batch's data (a constraint or a value); the batch is undone."""
+
+    exit_code = ExitCode.PARTIAL
+
+
+class LockHeldError(ClerkSyncError):
+    exit_code = ExitCode.REFUSED
+
+
+class RetriableError(Exception):
+    """Raised inside a retried call; never escapes the retry loop as itself."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after

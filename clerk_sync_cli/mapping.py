@@ -1,0 +1,166 @@
+"""Clerk user JSON → the row clerk-sync keeps in ``users``. Pure functions, no I/O.
+
+Only what the sync uses is validated. A user without a usable ``id`` is rejected (it cannot be
+keyed); any other field that is missing, of the wrong type or does not fit its column becomes
+NULL and is reported as a :class:`FieldWarning`, so one odd value never sinks a batch and is
+never truncated silently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+#: The ``users`` columns clerk-sync writes and compares, in table order.
+SYNCED_FIELDS: tuple[str, ...] = (
+    "email",
+    "first_name",
+    "last_name",
+    "profile_image_url",
+    "is_active",
+)
+
+#: Clerk user ids: ``user_`` followed by base62 characters.
+CLERK_ID_PATTERN = re.compile(r"user_[0-9A-Za-z]{1,128}")
+
+
+@dataclass(frozen=True)
+class ColumnLimits:
+    """Character limits of the text columns (``None``: unlimited), read from the database."""
+
+    clerk_id: int | None = 255
+    email: int | None = 255
+    first_name: int | None = 100
+    last_name: int | None = 100
+    profile_image_url: int | None = 500
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """What the ``users`` table should hold for one Clerk user."""
+
+    clerk_id: str
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    profile_image_url: str | None
+    is_active: bool
+    created_at: datetime | None
+
+    def value(self, name: str) -> Any:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class FieldWarning:
+    """A value that was stored as NULL instead, and why."""
+
+    clerk_id: str | None
+    field: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class MappedUser:
+    row: UserRow
+    warnings: tuple[FieldWarning, ...] = ()
+
+
+@dataclass(frozen=True)
+class RejectedUser:
+    """A listed user that cannot be synced at all (no usable id)."""
+
+    clerk_id: str | None
+    problem: str
+    warnings: tuple[FieldWarning, ...] = field(default=())
+
+
+def map_user(raw: Any, limits: ColumnLimits = ColumnLimits()) -> MappedUser | RejectedUser:
+    """Map one Clerk user object to a :class:`UserRow`, or reject it."""
+    if not isinstance(raw, Mapping):
+        return RejectedUser(None, f"expected a user object, got {type(raw).__name__}")
+    user_id = raw.get("id")
+    if not isinstance(user_id, str) or not CLERK_ID_PATTERN.fullmatch(user_id):
+        shown = user_id if isinstance(user_id, str) and user_id.isprintable() else None
+        return RejectedUser(shown[:64] if shown else None, "missing or malformed id")
+    if limits.clerk_id is not None and len(user_id) > limits.clerk_id:
+        return RejectedUser(user_id[:64], f"id longer than the clerk_id column ({limits.clerk_id})")
+
+    warnings: list[FieldWarning] = []
+
+    def fit(name: str, value: Any, limit: int | None) -> str | None:
+        checked, problem = check_text(value, limit)
+        if problem is not None:
+            warnings.append(FieldWarning(user_id, name, problem))
+        return checked
+
+    banned = raw.get("banned", False)
+    if not isinstance(banned, bool):
+        warnings.append(FieldWarning(user_id, "is_active", "banned is not a boolean; kept active"))
+        banned = False
+
+    row = UserRow(
+        clerk_id=user_id,
+        email=fit("email", primary_email(raw), limits.email),
+        first_name=fit("first_name", raw.get("first_name"), limits.first_name),
+        last_name=fit("last_name", raw.get("last_name"), limits.last_name),
+        profile_image_url=fit("profile_image_url", image_url(raw), limits.profile_image_url),
+        is_active=not banned,
+        created_at=_created_at(raw.get("created_at"), user_id, warnings),
+    )
+    return MappedUser(row, tuple(warnings))
+
+
+def primary_email(raw: Mapping[str, Any]) -> Any:
+    """The address whose id is ``primary_email_address_id``, else the first, else None."""
+    addresses = raw.get("email_addresses")
+    if not isinstance(addresses, list) or not addresses:
+        return None
+    usable = [a for a in addresses if isinstance(a, Mapping)]
+    primary_id = raw.get("primary_email_address_id")
+    if primary_id is not None:
+        for address in usable:
+            if address.get("id") == primary_id:
+                return address.get("email_address")
+    return usable[0].get("email_address") if usable else None
+
+
+def image_url(raw: Mapping[str, Any]) -> Any:
+    """``image_url``, else the deprecated ``profile_image_url``, else None."""
+    for key in ("image_url", "profile_image_url"):
+        value = raw.get(key)
+        if value not in (None, ""):
+            return value
+    return None
+
+
+def check_text(value: Any, limit: int | None) -> tuple[str | None, str | None]:
+    """``(value, None)`` when it can be stored as is; ``(None, why)`` when it cannot."""
+    if value is None or value == "":
+        return None, None
+    if not isinstance(value, str):
+        return None, f"not a string ({type(value).__name__})"
+    if "\x00" in value:
+        return None, "contains a NUL byte, which Postgres text cannot store"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None, "not valid Unicode (lone surrogate)"
+    if limit is not None and len(value) > limit:
+        return None, f"{len(value)} characters, longer than the column's {limit}"
+    return value, None
+
+
+def _created_at(value: Any, clerk_id: str, warnings: list[FieldWarning]) -> datetime | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            pass
+    if value is not None:
+        warnings.append(FieldWarning(clerk_id, "created_at", "not a millisecond timestamp"))
+    return None

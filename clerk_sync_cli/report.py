@@ -1,0 +1,337 @@
+"""Everything clerk-sync prints. The only module that imports rich.
+
+Reports go to stdout (one JSON document with ``--json``, nothing else); progress, prompts,
+warnings and errors go to stderr. Without a terminal the output is plain text.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from clerk_sync_cli.errors import ClerkSyncError
+from clerk_sync_cli.plan import ACTIONS, Action, Change
+from clerk_sync_cli.sync import SyncResult, UserReport
+
+SAMPLE = 20  # changes and warnings shown in the human report
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    return value
+
+
+def change_json(change: Change) -> dict[str, Any]:
+    return {
+        "clerk_id": change.clerk_id,
+        "action": change.action.value,
+        "fields": {k: [_plain(old), _plain(new)] for k, (old, new) in change.fields.items()},
+    }
+
+
+def sync_json(result: SyncResult) -> dict[str, Any]:
+    """The ``--json`` document of ``backfill`` and ``diff`` (the contract in the README)."""
+    return {
+        "command": result.command,
+        "dry_run": result.dry_run,
+        "status": result.status,
+        "clerk_users": result.clerk_users,
+        "db_users": result.db_users,
+        "counts": {a.value: result.counts[a] for a in ACTIONS},
+        "applied": {a.value: result.applied[a] for a in ACTIONS},
+        "changes": [change_json(c) for c in result.changes],
+        "changes_truncated": sum(result.counts[a] for a in ACTIONS if a is not Action.UNCHANGED)
+        > len(result.changes),
+        "warnings": [
+            {"clerk_id": w.clerk_id, "field": w.field, "problem": w.problem}
+            for w in result.warnings
+        ],
+        "failures": [{"clerk_id": f.clerk_id, "problem": f.problem} for f in result.failures],
+        "refusal": result.refusal,
+        "notes": result.notes,
+        "duration_s": round(result.duration_s, 3),
+    }
+
+
+def user_json(report: UserReport) -> dict[str, Any]:
+    """The ``--json`` document of ``user``."""
+    mapped = None
+    if report.mapped is not None:
+        mapped = {k: _plain(v) for k, v in vars(report.mapped).items()}
+    return {
+        "command": "user",
+        "clerk_id": report.clerk_id,
+        "found": report.found,
+        "clerk": mapped,
+        "row": {k: _plain(v) for k, v in report.row.items()} if report.row else None,
+        "settings": {k: _plain(v) for k, v in report.settings.items()} if report.settings else None,
+        "changes": [change_json(c) for c in report.changes],
+        "warnings": [{"field": w.field, "problem": w.problem} for w in report.warnings],
+        "applied": report.applied,
+        "problem": report.problem,
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "∅"
+    text = str(_plain(value))
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+class Reporter:
+    """Owns the consoles. ``json_mode``: stdout gets exactly one JSON document."""
+
+    def __init__(
+        self, *, json_mode: bool = False, quiet: bool = False, sample: int = SAMPLE
+    ) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.sample = sample
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    # -- generic -------------------------------------------------------------------------------
+
+    def document(self, doc: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(doc, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.flush()
+
+    def error(self, exc: ClerkSyncError, command: str | None = None) -> None:
+        self.err.print(f"[bold red]error:[/] {escape(exc.message)}")
+        if exc.hint:
+            self.err.print(f"  {escape(exc.hint)}")
+        if self.json_mode:
+            self.document(
+                {
+                    "command": command,
+                    "status": "failed",
+                    "error": {"message": exc.message, "hint": exc.hint},
+                    "exit_code": int(exc.exit_code),
+                }
+            )
+
+    def warn(self, text: str) -> None:
+        self.err.print(f"[yellow]warning:[/] {escape(text)}")
+
+    def info(self, text: str) -> None:
+        if not self.json_mode and not self.quiet:
+            self.out.print(text)
+
+    def progress(self, label: str) -> RichProgress | None:
+        """A progress bar on stderr, only when stderr is a terminal."""
+        return RichProgress(self.err, label) if self.err.is_terminal else None
+
+    def confirm_deactivation(self, changes: Sequence[Change]) -> bool:
+        self.err.print(
+            f"[bold]{len(changes)} users are gone from Clerk and will be deactivated:[/]"
+        )
+        for change in changes[: self.sample]:
+            self.err.print(f"  {change.clerk_id}")
+        if len(changes) > self.sample:
+            self.err.print(f"  … and {len(changes) - self.sample} more")
+        answer = self.err.input("Deactivate them? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    # -- reports -------------------------------------------------------------------------------
+
+    def sync_result(self, result: SyncResult) -> None:
+        if self.json_mode:
+            self.document(sync_json(result))
+            return
+        if self.quiet:
+            self.out.print(self._summary_line(result))
+            return
+        title = f"clerk-sync {result.command}" + (
+            " (dry run: nothing written)" if result.dry_run else ""
+        )
+        table = Table(title=title, title_justify="left")
+        table.add_column("action")
+        table.add_column("planned", justify="right")
+        table.add_column("applied", justify="right")
+        for action in ACTIONS:
+            applied = (
+                "-" if result.dry_run or action is Action.UNCHANGED else str(result.applied[action])
+            )
+            table.add_row(action.value, str(result.counts[action]), applied)
+        self.out.print(table)
+        self.out.print(
+            f"Clerk users: {result.clerk_users}   table rows before: {result.db_users}   "
+            f"{result.duration_s:.1f}s"
+        )
+        if result.changes:
+            self.out.print(
+                "[bold]Changes[/]" + (" (sample)" if len(result.changes) > self.sample else "")
+            )
+            for change in result.changes[: self.sample]:
+                self.out.print("  " + escape(self._change_line(change)))
+        self._list(
+            "Warnings (stored as NULL)",
+            [f"{w.clerk_id} {w.field}: {w.problem}" for w in result.warnings],
+        )
+        self._list(
+            "Not synced", [f"{f.clerk_id or '(no id)'}: {f.problem}" for f in result.failures]
+        )
+        for note in result.notes:
+            self.out.print(f"note: {escape(note)}")
+        if result.refusal:
+            self.err.print(f"[bold red]refused:[/] {escape(result.refusal)}")
+        self.out.print(self._summary_line(result))
+
+    def _list(self, title: str, lines: list[str]) -> None:
+        if not lines:
+            return
+        self.out.print(f"[bold]{title}[/] ({len(lines)})")
+        for line in lines[: self.sample]:
+            self.out.print(f"  {escape(line)}")
+        if len(lines) > self.sample:
+            self.out.print(f"  … and {len(lines) - self.sample} more (use --json for all)")
+
+    @staticmethod
+    def _change_line(change: Change) -> str:
+        if not change.fields:
+            return f"{change.clerk_id} {change.action.value}"
+        parts = [f"{k}: {_fmt(old)} → {_fmt(new)}" for k, (old, new) in change.fields.items()]
+        return f"{change.clerk_id} {change.action.value}  " + "; ".join(parts)
+
+    @staticmethod
+    def _summary_line(result: SyncResult) -> str:
+        counts = " ".join(f"{a.value}={result.counts[a]}" for a in ACTIONS)
+        mode = "dry-run " if result.dry_run else ""
+        return f"{result.command}: {mode}{result.status} · {counts} · {result.duration_s:.1f}s"
+
+    def user_report(self, report: UserReport) -> None:
+        if self.json_mode:
+            self.document(user_json(report))
+            return
+        if not report.found:
+            self.out.print(f"{escape(report.clerk_id)}: not in Clerk and not in the table.")
+            return
+        table = Table(title=f"user {report.clerk_id}", title_justify="left")
+        table.add_column("field")
+        table.add_column("Clerk (mapped)")
+        table.add_column("table row")
+        fields = [
+            "email",
+            "first_name",
+            "last_name",
+            "profile_image_url",
+            "is_active",
+            "created_at",
+        ]
+        for name in fields:
+            clerk = getattr(report.mapped, name) if report.mapped else None
+            row = report.row.get(name) if report.row else None
+            table.add_row(name, escape(_fmt(clerk)), escape(_fmt(row)))
+        self.out.print(table)
+        if report.clerk is None:
+            self.out.print("Clerk: no such user (404).")
+        if report.row is None:
+            self.out.print("Table: no row.")
+        elif report.settings is None:
+            self.out.print("Settings: no row.")
+        else:
+            shown = {k: _plain(v) for k, v in report.settings.items() if k not in ("user_id",)}
+            self.out.print("Settings: " + escape(", ".join(f"{k}={v}" for k, v in shown.items())))
+        for warning in report.warnings:
+            self.out.print(f"warning: {warning.field}: {escape(warning.problem)} (stored as NULL)")
+        if report.problem:
+            self.err.print(f"[red]problem:[/] {escape(report.problem)}")
+        planned = [c for c in report.changes if c.action is not Action.UNCHANGED]
+        if not planned:
+            self.out.print("Planned: nothing, the row matches Clerk.")
+        for change in planned:
+            verb = "Applied" if report.applied else "Planned"
+            self.out.print(f"{verb}: " + escape(self._change_line(change)))
+
+    def init_db(self, applied: list[str], target: str) -> None:
+        if self.json_mode:
+            self.document(
+                {"command": "init-db", "status": "ok", "database": target, "applied": applied}
+            )
+            return
+        for name in applied:
+            self.out.print(f"applied {name}")
+        self.out.print(f"Schema ready in {target}.")
+
+    # -- demo and emulator -----------------------------------------------------------------------
+
+    def step(self, text: str) -> None:
+        if not self.json_mode:
+            self.out.print(f"[bold cyan]==>[/] {escape(text)}")
+
+    def run_result(self, title: str, result: SyncResult) -> None:
+        if not self.json_mode:
+            self.sync_result(result)
+            self.out.print()
+
+    def demo_result(self, runs: list[SyncResult], kept: dict[str, Any], ok: bool) -> None:
+        if self.json_mode:
+            self.document(
+                {
+                    "command": "demo",
+                    "status": "ok" if ok else "failed",
+                    "runs": [sync_json(r) for r in runs],
+                    **kept,
+                }
+            )
+            return
+        if kept.get("database_url"):
+            self.out.print("Left running (--keep). Point clerk-sync at them with:")
+            self.out.print(f"  export DATABASE_URL='{kept['database_url']}'")
+            self.out.print(f"  export CLERK_API_URL='{kept['clerk_api_url']}'")
+            self.out.print("  export CLERK_SECRET_KEY=sk_test_emulator")
+            self.out.print("  clerk-sync diff --dry-run")
+            self.out.print(f"Stop the emulator with: kill {kept['emulator_pid']}")
+            if kept.get("stop_postgres"):
+                self.out.print(f"Stop Postgres with: {kept['stop_postgres']}")
+
+    def emulator_ready(self, base_url: str, key_shown: str, users: int) -> None:
+        # first line is machine-readable: the demo and scripts read it
+        sys.stdout.write(f"CLERK_API_URL={base_url}\n")
+        sys.stdout.flush()
+        self.err.print(
+            f"Clerk emulator with {users} users at {base_url} (secret key: {key_shown}). "
+            "Ctrl-C to stop."
+        )
+
+    def sql_script(self, text: str) -> None:
+        if self.json_mode:
+            self.document({"command": "init-db", "status": "ok", "sql": text})
+        else:
+            sys.stdout.write(text)
+
+
+class RichProgress:
+    def __init__(self, console: Console, label: str) -> None:
+        self._progress = Progress(
+            TextColumn(label),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task: Any = None
+
+    def start(self, total: int | None) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task("users", total=total)
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+
+    def finish(self) -> None:
+        self._progress.stop()

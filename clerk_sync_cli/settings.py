@@ -1,0 +1,144 @@
+"""Settings: read once from options, the environment and ``./.env``; validated without echoing.
+
+Precedence is the usual one: a command-line option, then the environment, then ``.env`` in the
+working directory. Secrets are held as :class:`~pydantic.SecretStr` and every message about them
+names the variable, never the value.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg.conninfo
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clerk_sync_cli.errors import ConfigError
+
+DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
+ENV_EXAMPLE_HINT = "Set it in the environment or in .env (see .env.example)."
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,
+    )
+
+    clerk_secret_key: SecretStr | None = None
+    database_url: SecretStr | None = None
+    clerk_api_url: str = DEFAULT_CLERK_API_URL
+    #: How hard to retry Clerk: attempts per request, and seconds per request in all.
+    clerk_sync_max_attempts: int = Field(default=8, ge=1, le=100)
+    clerk_sync_retry_seconds: float = Field(default=300.0, gt=0, le=3600)
+
+    def secrets(self) -> list[str]:
+        """Every secret value these settings hold, for scrubbing unexpected messages."""
+        found = [self.clerk_secret_key.get_secret_value()] if self.clerk_secret_key else []
+        if self.database_url is not None:
+            try:
+                password = psycopg.conninfo.conninfo_to_dict(self.database_url.get_secret_value())
+            except psycopg.ProgrammingError:
+                password = {}
+            if password.get("password"):
+                found.append(str(password["password"]))
+            found.append(self.database_url.get_secret_value())
+        return [s for s in found if s]
+
+    def secret_key(self) -> SecretStr:
+        """The Clerk secret key, checked for shape; ConfigError naming the variable otherwise."""
+        key = self.clerk_secret_key
+        if key is None or not key.get_secret_value().strip():
+            raise ConfigError("CLERK_SECRET_KEY is not set.", ENV_EXAMPLE_HINT)
+        value = key.get_secret_value().strip()
+        if not value.startswith("sk_") or any(c.isspace() for c in value):
+            raise ConfigError(
+                "CLERK_SECRET_KEY is malformed: a Clerk secret key starts with sk_test_ or sk_live_.",
+                "Copy it from the Clerk dashboard → Configure → API keys.",
+            )
+        return SecretStr(value)
+
+    def dsn(self) -> str:
+        """The database connection string, checked for shape."""
+        url = self.database_url
+        if url is None or not url.get_secret_value().strip():
+            raise ConfigError("DATABASE_URL is not set.", ENV_EXAMPLE_HINT)
+        value = url.get_secret_value().strip()
+        try:
+            psycopg.conninfo.conninfo_to_dict(value)
+        except psycopg.ProgrammingError:
+            raise ConfigError(
+                "DATABASE_URL is malformed: expected postgresql://user:password@host:5432/dbname.",
+                "In Supabase: Project Settings → Database → Connection string (session pooler).",
+            ) from None
+        return value
+
+    def api_url(self) -> str:
+        value = self.clerk_api_url.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                "CLERK_API_URL is malformed: expected a URL such as https://api.clerk.com/v1."
+            )
+        return value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings; ``overrides`` are command-line values (``None`` means not given)."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        names = ", ".join(str(err["loc"][0]).upper() for err in exc.errors() if err["loc"])
+        raise ConfigError(f"Invalid setting: {names or 'unknown'}.", ENV_EXAMPLE_HINT) from None
+
+
+def key_kind(key: SecretStr | str) -> str:
+    """What kind of key this is, safe to print: ``sk_live_…``, ``sk_test_…`` or ``sk_…``."""
+    value = key.get_secret_value() if isinstance(key, SecretStr) else key
+    for prefix in ("sk_live_", "sk_test_"):
+        if value.startswith(prefix):
+            return prefix + "…"
+    return "sk_…"
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """Where a connection string points, without its password: safe to print."""
+
+    host: str
+    port: str
+    dbname: str
+    user: str
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+def describe_dsn(dsn: str) -> DatabaseTarget:
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    host = str(params.get("host") or os.environ.get("PGHOST") or "localhost")
+    return DatabaseTarget(
+        host=host,
+        port=str(params.get("port") or os.environ.get("PGPORT") or "5432"),
+        dbname=str(params.get("dbname") or params.get("user") or "postgres"),
+        user=str(params.get("user") or os.environ.get("PGUSER") or "postgres"),
+    )
+
+
+def env_file_warning(path: Path = Path(".env")) -> str | None:
+    """A warning when ``.env`` holds secrets but is readable by group or others."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        return f"{path} is readable by other users of this machine; run: chmod 600 {path}"
+    return None

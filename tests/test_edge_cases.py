@@ -1,0 +1,86 @@
+"""Awkward real-world users, end to end: each lands with the right values or a reported NULL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from clerk_sync_cli.emulator import RunningEmulator
+
+from .conftest import Cli, rows
+
+
+def stored(conn: psycopg.Connection[Any], clerk_id: str) -> dict[str, Any]:
+    [row] = rows(conn, "SELECT * FROM users WHERE clerk_id = %s", clerk_id)
+    return row
+
+
+def test_edge_case_users(cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]) -> None:
+    clerk = emulator.emulator
+    no_email = clerk.create_user(first_name="Phone", email=None)
+    clerk.update_user(no_email["id"], email_addresses=[], primary_email_address_id=None)
+    primary_second = clerk.create_user(first_name="Two", email="primary@example.com")
+    addresses = [
+        {"id": "idn_other", "object": "email_address", "email_address": "other@example.com"},
+        *primary_second["email_addresses"],
+    ]
+    clerk.update_user(primary_second["id"], email_addresses=addresses)
+    banned = clerk.create_user(first_name="Banned", email="banned@example.com", banned=True)
+    locked = clerk.create_user(first_name="Locked", email="locked@example.com")
+    clerk.update_user(locked["id"], locked=True)
+    uni = clerk.create_user(
+        first_name="Zoë", last_name="\u05e9\u05dc\u05d5\u05dd\u200f", email="z@example.com"
+    )
+    long_name = clerk.create_user(first_name="x" * 140, last_name="Long", email="long@example.com")
+    long_url = clerk.create_user(first_name="Url", email="url@example.com")
+    clerk.update_user(long_url["id"], image_url="https://img.example/" + "a" * 600)
+    old_image = clerk.create_user(first_name="Old", email="old@example.com")
+    clerk.update_user(
+        old_image["id"], image_url=None, profile_image_url="https://old.example/p.png"
+    )
+    nul = clerk.create_user(first_name="Nul", last_name="a\x00b", email="nul@example.com")
+
+    doc = cli.json("backfill")
+    assert doc["status"] == "ok"
+    assert doc["applied"]["create"] == 9
+
+    assert stored(db, no_email["id"])["email"] is None
+    assert stored(db, primary_second["id"])["email"] == "primary@example.com"
+    assert stored(db, banned["id"])["is_active"] is False
+    assert stored(db, locked["id"])["is_active"] is True
+    assert stored(db, uni["id"])["last_name"] == "\u05e9\u05dc\u05d5\u05dd\u200f"
+    assert stored(db, long_name["id"])["first_name"] is None
+    assert stored(db, long_name["id"])["last_name"] == "Long"
+    assert stored(db, long_url["id"])["profile_image_url"] is None
+    assert stored(db, old_image["id"])["profile_image_url"] == "https://old.example/p.png"
+    assert stored(db, nul["id"])["last_name"] is None
+
+    warned = {(w["clerk_id"], w["field"]) for w in doc["warnings"]}
+    assert warned == {
+        (long_name["id"], "first_name"),
+        (long_url["id"], "profile_image_url"),
+        (nul["id"], "last_name"),
+    }
+    # and the rerun is a no-op: NULLed fields are not "drift" forever
+    again = cli.json("diff")
+    assert again["counts"]["unchanged"] == 9
+    assert again["applied"]["update"] == 0
+
+
+def test_generated_edge_case_population_round_trips(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
+) -> None:
+    from clerk_sync_cli.emulator import EmulatorConfig, start_emulator
+
+    with start_emulator(EmulatorConfig(users=600, seed=3, edge_cases=True)) as edgy:
+        doc = cli.json("backfill", CLERK_API_URL=edgy.base_url)
+        assert doc["status"] == "ok"
+        assert doc["applied"]["create"] == 600
+        kinds = edgy.emulator.edge_case_ids()
+        for banned_id in kinds.get("banned", []):
+            assert stored(db, banned_id)["is_active"] is False
+        for no_email_id in kinds.get("no_email", []):
+            assert stored(db, no_email_id)["email"] is None
+        again = cli.json("diff", CLERK_API_URL=edgy.base_url)
+        assert again["counts"]["unchanged"] == 600
