@@ -13,7 +13,7 @@ Quick start::
         os.environ["CLERK_SECRET_KEY"] = "sk_test_emulator"
         server.emulator.update_user(server.emulator.user_ids()[0], first_name="Grace")
 
-or from a shell: ``python -m clerk_sync_cli.emulator --users 100000 --port 8765``.
+or from a shell: ``clerk-sync emulator --users 100000 --port 8765``.
 
 Clerk API (``/v1``; every request needs ``Authorization: Bearer <secret_key>``)
 -----------------------------------------------------------------------------
@@ -70,6 +70,15 @@ Applied to authenticated ``/v1`` requests, in this order: ``latency_ms`` (+
 ``truncate_every`` (every Nth successful list response announces its full ``Content-Length``
 but is cut off mid-body and the connection closed).
 
+Python API
+----------
+:class:`EmulatorConfig`, :class:`Emulator` (state + ``handle()``, no sockets; thread-safe),
+:func:`start_emulator` -> :class:`RunningEmulator` (``base_url``, ``control_url``, ``stop()``),
+:func:`serve` (foreground, stops on Ctrl-C / SIGTERM). ``Emulator`` mutators: ``create_user``,
+``update_user``, ``ban_user``, ``unban_user``, ``delete_user``; readers: ``get_user``,
+``user_ids``, ``count``, ``edge_case_ids``, ``stats``; knobs: ``configure``, ``reset_stats``;
+``warm()`` pre-renders base users so a benchmark measures the client, not first-touch rendering.
+
 Population
 ----------
 Base users are *virtual*: user ``i`` (``0 <= i < users``) is generated on demand from
@@ -83,16 +92,17 @@ users are cached (bounded) and pages are assembled by joining bytes.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import bisect
 import contextlib
 import hashlib
+import hmac
 import itertools
 import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import unicodedata
@@ -209,6 +219,8 @@ class EmulatorConfig:
 
     def __post_init__(self) -> None:
         self.rate_limit = resolve_rate_limit(self.rate_limit)
+        if not self.secret_key:
+            raise ValueError("secret_key must not be empty")
         if self.users < 0:
             raise ValueError("users must be >= 0")
         if self.environment_type not in (None, "development", "production"):
@@ -1386,7 +1398,8 @@ class Emulator:
         if value is None:
             value = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
         scheme, _, token = value.strip().partition(" ")
-        if scheme.lower() != "bearer" or token.strip() != self.config.secret_key:
+        expected = self.config.secret_key.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
             raise _ApiError(
                 401,
                 "authentication_invalid",
@@ -1766,6 +1779,12 @@ class _Server(ThreadingHTTPServer):
         self.emulator = emulator
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients hanging up mid-response are normal (truncation, timeouts): stay quiet."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -1884,41 +1903,3 @@ def serve(
         server.server_close()
         if installed:
             signal.signal(signal.SIGTERM, previous)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m clerk_sync_cli.emulator``: serve an emulator from the command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m clerk_sync_cli.emulator",
-        description=__doc__.split("\n")[0] if __doc__ else None,
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--users", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--edge-cases", action="store_true")
-    parser.add_argument("--secret-key", default=DEFAULT_SECRET_KEY)
-    parser.add_argument("--latency-ms", type=float, default=0)
-    parser.add_argument("--rate-limit", default=None, help="an integer, production or development")
-    parser.add_argument("--fail-every", type=int, default=0)
-    parser.add_argument("--throttle-every", type=int, default=0)
-    args = parser.parse_args(argv)
-    config = EmulatorConfig(
-        secret_key=args.secret_key,
-        users=args.users,
-        seed=args.seed,
-        edge_cases=args.edge_cases,
-        latency_ms=args.latency_ms,
-        rate_limit=resolve_rate_limit(args.rate_limit),
-        fail_every=args.fail_every,
-        throttle_every=args.throttle_every,
-    )
-
-    def ready(url: str) -> None:
-        print(f"Clerk emulator: {url} ({config.users} users); Ctrl-C to stop", flush=True)
-
-    serve(config, args.host, args.port, on_ready=ready)
-
-
-if __name__ == "__main__":
-    main()

@@ -31,7 +31,7 @@ from clerk_sync_cli.emulator import (
 )
 
 KEY = DEFAULT_SECRET_KEY
-EXAMPLE_PATH = Path("/work/shared/reference/clerk-user-example.json")
+EXAMPLE_PATH = Path(__file__).parent / "data" / "clerk_user_example.json"
 USER_ID = re.compile(r"^user_[0-9A-Za-z]{27}$")
 IDN_ID = re.compile(r"^idn_[0-9A-Za-z]{27}$")
 
@@ -539,6 +539,7 @@ def test_without_edge_cases_every_user_is_plain(make_api: Callable[..., Api]) ->
         for name in (u["first_name"] or "", u["last_name"] or ""):
             assert "\x00" not in name
             assert len(name) < 50
+            assert not any(awkward_char(c) for c in name)
 
 
 def test_same_seed_same_users_other_seed_other_users(make_api: Callable[..., Api]) -> None:
@@ -852,11 +853,11 @@ def test_concurrent_requests_during_mutations(make_api: Callable[..., Api]) -> N
 # ---------------------------------------------------------------------------------------------
 
 
-def test_module_entry_point_serves_until_sigterm() -> None:
+def test_cli_command_serves_until_sigterm() -> None:
     assert DEFAULT_PORT == 8765
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "clerk_sync_cli.emulator", "--port", "0", "--users", "25"],
+        [sys.executable, "-m", "clerk_sync_cli", "emulator", "--port", "0", "--users", "25"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -874,7 +875,9 @@ def test_module_entry_point_serves_until_sigterm() -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
         assert process.stderr is not None
-        assert process.stderr.read() == ""  # no per-request logging, no traceback
+        errors = process.stderr.read()
+        assert "Traceback" not in errors
+        assert "GET /v1" not in errors  # no per-request logging
     finally:
         if process.poll() is None:
             process.kill()
