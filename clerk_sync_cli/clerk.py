@@ -8,11 +8,12 @@ truncated bodies are retriable; 401/403 and other 4xx are not. Retrying happens 
 from __future__ import annotations
 
 import json
+import queue
 import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -120,6 +121,109 @@ def _clerk_message(response: httpx.Response) -> str:
     return f"{code}: {text}" if code else text
 
 
+@dataclass(frozen=True)
+class Window:
+    """A slice of the list by ``created_at`` (ms): strictly after ``after``, strictly before
+    ``before``; None is open-ended. Neighbouring windows overlap by a millisecond so that the
+    whole list is covered whether Clerk's bounds are inclusive or exclusive."""
+
+    no: int
+    after: int | None = None
+    before: int | None = None
+
+    def params(self) -> dict[str, int]:
+        params = {}
+        if self.after is not None:
+            params["created_at_after"] = self.after
+        if self.before is not None:
+            params["created_at_before"] = self.before
+        return params
+
+
+def split_windows(oldest: int, newest: int, count: int) -> list[Window]:
+    """``count`` windows of equal time span covering every ``created_at``, the first open
+    below and the last open above (so sign-ups during the walk land in it)."""
+    count = max(1, min(count, newest - oldest))
+    bounds = [oldest + (newest - oldest) * k // count for k in range(1, count)]
+    lows: list[int | None] = [None, *(b - 1 for b in bounds)]
+    highs: list[int | None] = [*bounds, None]
+    return [Window(n, lo, hi) for n, (lo, hi) in enumerate(zip(lows, highs, strict=True))]
+
+
+@dataclass(frozen=True)
+class Page:
+    window: Window
+    users: list[Any]
+    cursor: str | None  # the last user id: where the walk resumes after this page
+    last: bool  # the window is exhausted
+
+
+def walk_concurrently(
+    client: ClerkClient,
+    windows: Sequence[tuple[Window, str | None]],
+    *,
+    concurrency: int,
+    limit: int = PAGE_LIMIT,
+) -> Iterator[Page]:
+    """Walk several windows at once, each from its cursor, yielding pages as they arrive
+    (in order within a window). At most ``2 * concurrency`` pages wait in memory; the
+    client's rate limiter paces every worker together. The first error stops the walk."""
+    if concurrency <= 1 or len(windows) <= 1:
+        for window, cursor in windows:
+            yield from client.walk(window, cursor, limit=limit)
+        return
+    pages: queue.Queue[Page | BaseException | None] = queue.Queue(maxsize=2 * concurrency)
+    todo: queue.SimpleQueue[tuple[Window, str | None]] = queue.SimpleQueue()
+    for item in windows:
+        todo.put(item)
+    stop = threading.Event()
+
+    def offer(item: Page | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                pages.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def worker() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    window, cursor = todo.get_nowait()
+                except queue.Empty:
+                    break
+                for page in client.walk(window, cursor, limit=limit):
+                    if not offer(page):
+                        return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            offer(exc)
+        finally:
+            offer(None)
+
+    workers = [
+        threading.Thread(target=worker, name=f"clerk-walk-{n}", daemon=True)
+        for n in range(min(concurrency, len(windows)))
+    ]
+    for thread in workers:
+        thread.start()
+    running = len(workers)
+    try:
+        while running:
+            arrived = pages.get()
+            if arrived is None:
+                running -= 1
+            elif isinstance(arrived, BaseException):
+                raise arrived
+            else:
+                yield arrived
+    finally:
+        stop.set()
+        for thread in workers:
+            thread.join(timeout=5)
+
+
 class ClerkClient:
     """Talks to ``base_url`` (e.g. ``https://api.clerk.com/v1``) with one secret key."""
 
@@ -141,6 +245,7 @@ class ClerkClient:
         self._retry = retry
         self._sleep = sleep
         self.requests = 0
+        self.offset_fallbacks = 0
         self._count_lock = threading.Lock()
 
     # -- the API -----------------------------------------------------------------------------
@@ -167,33 +272,79 @@ class ClerkClient:
             raise ClerkDataError(f"Clerk's answer for user {user_id} is not an object; stopping.")
         return body
 
-    def iter_pages(
-        self, *, limit: int = PAGE_LIMIT, extra: dict[str, Any] | None = None
-    ) -> Iterator[list[Any]]:
-        """Every user in ``+created_at`` order, a page at a time, walked with the
-        ``starting_after`` cursor. Ends after the first page shorter than ``limit``."""
-        params: dict[str, Any] = {"limit": limit, "order_by": "+created_at", **(extra or {})}
-        cursor: str | None = None
-        seen_cursors: set[str] = set()
-        while True:
-            page_params = dict(params)
-            if cursor is not None:
-                page_params["starting_after"] = cursor
-            page = self._get_json("/users", page_params)
+    def created_at_range(self) -> tuple[int, int] | None:
+        """(oldest, newest) ``created_at`` in ms, or None when there are no users."""
+        ends: list[int] = []
+        for order in ("+created_at", "-created_at"):
+            page = self._get_json("/users", {"limit": 1, "order_by": order})
             if not isinstance(page, list):
-                raise ClerkDataError(
-                    "Clerk's user list is not a JSON array; stopping before changing anything."
-                )
-            yield page
-            if len(page) < limit:
-                return
-            last = page[-1]
-            cursor = last.get("id") if isinstance(last, dict) else None
-            if not isinstance(cursor, str) or not cursor:
-                raise ClerkDataError("The last user of a full page has no id; cannot page on.")
-            if cursor in seen_cursors:
+                raise ClerkDataError("Clerk's user list is not a JSON array; stopping.")
+            if not page:
+                return None
+            created = page[0].get("created_at") if isinstance(page[0], dict) else None
+            if not isinstance(created, int):
+                raise ClerkDataError("A user has no numeric created_at; cannot split the walk.")
+            ends.append(created)
+        return ends[0], ends[1]
+
+    def walk(
+        self, window: Window, cursor: str | None = None, *, limit: int = PAGE_LIMIT
+    ) -> Iterator[Page]:
+        """Every user of ``window`` in ``+created_at`` order, a page at a time, walked with the
+        ``starting_after`` cursor from ``cursor``. Ends with a page marked ``last``, the first
+        one shorter than ``limit``.
+
+        If Clerk refuses a cursor (its user was deleted mid-walk, say), the walk steps back to
+        the previous user of the page and re-reads the overlap (callers deduplicate). If no
+        cursor is accepted, it falls back to offset paging for the rest of the window.
+        """
+        params: dict[str, Any] = {"limit": limit, "order_by": "+created_at", **window.params()}
+        fallbacks: list[str] = [cursor] if cursor else []
+        offset: int | None = None
+        served = 0
+        while True:
+            if offset is not None:
+                page = self._list({**params, "offset": offset})
+            elif fallbacks:
+                try:
+                    page = self._list({**params, "starting_after": fallbacks[-1]})
+                except ClerkRequestError:
+                    fallbacks.pop()
+                    if not fallbacks:
+                        self.offset_fallbacks += 1
+                        offset = served
+                    continue
+            else:
+                page = self._list(params)
+            served += len(page)
+            if offset is not None:
+                offset += len(page)
+            ids = [u.get("id") for u in page if isinstance(u, dict)]
+            usable = [i for i in ids if isinstance(i, str) and i]
+            last = len(page) < limit
+            if not last and not usable:
+                raise ClerkDataError("A full page of users has no ids; cannot page on.")
+            if not last and fallbacks and usable[-1] == fallbacks[-1]:
                 raise ClerkDataError("Loop detected in pagination: Clerk returned a page twice.")
-            seen_cursors.add(cursor)
+            yield Page(
+                window, page, usable[-1] if usable else (fallbacks[-1] if fallbacks else None), last
+            )
+            if last:
+                return
+            fallbacks = usable[-8:]  # where to step back to if the cursor user disappears
+
+    def iter_pages(self, *, limit: int = PAGE_LIMIT) -> Iterator[list[Any]]:
+        """The whole list, sequentially: just the users of each page."""
+        for page in self.walk(Window(0), limit=limit):
+            yield page.users
+
+    def _list(self, params: dict[str, Any]) -> list[Any]:
+        page = self._get_json("/users", params)
+        if not isinstance(page, list):
+            raise ClerkDataError(
+                "Clerk's user list is not a JSON array; stopping before changing anything."
+            )
+        return page
 
     # -- plumbing ----------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import httpx
 import typer
 
 from clerk_sync_cli import __version__, ddl
-from clerk_sync_cli.clerk import ClerkClient, RetryPolicy
+from clerk_sync_cli.clerk import PAGE_LIMIT, ClerkClient, RetryPolicy
 from clerk_sync_cli.demo import demo_summary, run_demo
 from clerk_sync_cli.emulator import (
     DEFAULT_PORT,
@@ -96,7 +96,21 @@ MaxRpsOpt = Annotated[
 ]
 BatchSizeOpt = Annotated[
     int,
-    typer.Option("--batch-size", min=1, max=50_000, help="Changed rows written per transaction."),
+    typer.Option(
+        "--batch-size",
+        min=1,
+        max=PAGE_LIMIT,
+        help="Users read from Clerk and written per transaction (one page).",
+    ),
+]
+ConcurrencyOpt = Annotated[
+    int,
+    typer.Option(
+        "--concurrency",
+        min=1,
+        max=32,
+        help="Slices of the user list read at once (all share the --max-rps pace).",
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only a one-line summary.")]
 
@@ -167,8 +181,10 @@ def _clerk(stack: ExitStack, settings: Settings, max_rps: float | None) -> Clerk
 
 
 def _store(stack: ExitStack, settings: Settings) -> Store:
-    conn = stack.enter_context(connect(settings.dsn()))
-    return Store(conn)
+    dsn = settings.dsn()
+    store = stack.enter_context(Store(lambda: connect(dsn), settings.tables()))
+    store.check_connection()
+    return store
 
 
 def _run_sync(
@@ -216,7 +232,8 @@ def backfill(
     dry_run: DryRunOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    batch_size: BatchSizeOpt = 2000,
+    batch_size: BatchSizeOpt = PAGE_LIMIT,
+    concurrency: ConcurrencyOpt = 4,
     max_rps: MaxRpsOpt = None,
     clerk_secret_key: SecretKeyOpt = None,
     database_url: DatabaseUrlOpt = None,
@@ -226,7 +243,9 @@ def backfill(
 
     Example: clerk-sync backfill --dry-run
     """
-    options = SyncOptions("backfill", dry_run=dry_run, deactivate=False, batch_size=batch_size)
+    options = SyncOptions(
+        "backfill", dry_run=dry_run, page_size=batch_size, concurrency=concurrency
+    )
     result = _run_sync(
         "backfill",
         options,
@@ -261,7 +280,8 @@ def diff(
     ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    batch_size: BatchSizeOpt = 2000,
+    batch_size: BatchSizeOpt = PAGE_LIMIT,
+    concurrency: ConcurrencyOpt = 4,
     max_rps: MaxRpsOpt = None,
     clerk_secret_key: SecretKeyOpt = None,
     database_url: DatabaseUrlOpt = None,
@@ -275,7 +295,8 @@ def diff(
         "diff",
         dry_run=dry_run,
         deactivate=True,
-        batch_size=batch_size,
+        page_size=batch_size,
+        concurrency=concurrency,
         guard=DeactivationGuard(max_deactivations=max_deactivations),
     )
     result = _run_sync(
@@ -350,8 +371,7 @@ def init_db(
             return
         settings = _settings(holder, reporter, database_url=database_url)
         dsn = settings.dsn()
-        with connect(dsn) as conn:
-            store = Store(conn)
+        with Store(lambda: connect(dsn)) as store:
             applied = []
             for sql_file in ddl.sql_files():
                 store.apply_sql(sql_file.name, sql_file.text)

@@ -133,8 +133,7 @@ def run_demo(
         steps.step("Starting a throwaway Postgres (embedded, no install needed)")
         dsn = stack.enter_context(embedded_postgres(keep=keep))
         outcome.database_url = dsn
-        conn = stack.enter_context(connect(dsn))
-        store = Store(conn)
+        store = stack.enter_context(Store(lambda: connect(dsn)))
         steps.step("Applying sql/ (what `clerk-sync init-db` does)")
         for sql_file in ddl.sql_files():
             store.apply_sql(sql_file.name, sql_file.text)

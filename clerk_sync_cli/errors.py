@@ -71,8 +71,14 @@ class BatchDataError(ClerkSyncError):
     exit_code = ExitCode.PARTIAL
 
 
-class LockHeldError(ClerkSyncError):
+class RefusedError(ClerkSyncError):
+    """A safety check refused to start or to go on."""
+
     exit_code = ExitCode.REFUSED
+
+
+class LockHeldError(RefusedError):
+    """Another run holds the lock (or took it over from this one)."""
 
 
 class RetriableError(Exception):

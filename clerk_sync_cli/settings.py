@@ -19,6 +19,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clerk_sync_cli.errors import ConfigError
+from clerk_sync_cli.tables import Tables
 
 DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
 ENV_EXAMPLE_HINT = "Set it in the environment or in .env (see .env.example)."
@@ -38,6 +39,12 @@ class Settings(BaseSettings):
     #: How hard to retry Clerk: attempts per request, and seconds per request in all.
     clerk_sync_max_attempts: int = Field(default=8, ge=1, le=100)
     clerk_sync_retry_seconds: float = Field(default=300.0, gt=0, le=3600)
+    #: Where the app's tables are, if not public.users / public.user_monitoring_settings.
+    clerk_sync_schema: str = Field(default="public", min_length=1, max_length=63)
+    clerk_sync_users_table: str = Field(default="users", min_length=1, max_length=63)
+    clerk_sync_settings_table: str = Field(
+        default="user_monitoring_settings", min_length=1, max_length=63
+    )
 
     def secrets(self) -> list[str]:
         """Every secret value these settings hold, for scrubbing unexpected messages."""
@@ -79,6 +86,11 @@ class Settings(BaseSettings):
                 "In Supabase: Project Settings → Database → Connection string (session pooler).",
             ) from None
         return value
+
+    def tables(self) -> Tables:
+        return Tables(
+            self.clerk_sync_schema, self.clerk_sync_users_table, self.clerk_sync_settings_table
+        )
 
     def api_url(self) -> str:
         value = self.clerk_api_url.strip().rstrip("/")

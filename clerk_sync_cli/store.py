@@ -1,52 +1,79 @@
-"""The Postgres side: schema checks, reads and batched writes. The only module with SQL.
+"""The Postgres side: schema checks, reads, batched writes, the run lock and checkpoints.
+The only module with SQL.
 
-Every unit of work is one short transaction (so Supabase's transaction pooler works), sets its
-own statement and lock timeouts, and is all-or-nothing. Writes are set-based: one statement
-per batch over arrays, never a round trip per user, and a row whose values already match is
-never touched (no ``updated_at`` bump, no dead tuple).
+Every unit of work is one short transaction (so Supabase's transaction pooler works) that sets
+its own statement and lock timeouts and is all-or-nothing. :meth:`Store.atomic` reruns a unit
+on a fresh connection when the connection is lost. Writes are set-based: one statement per
+page over arrays, never a round trip per user, and a row whose values already match is never
+touched (no ``updated_at`` bump, no dead tuple).
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator, Sequence
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from clerk_sync_cli.errors import BatchDataError, DatabaseUnavailableError, SchemaError
+from clerk_sync_cli.clerk import Window
+from clerk_sync_cli.errors import (
+    BatchDataError,
+    DatabaseUnavailableError,
+    LockHeldError,
+    RefusedError,
+    SchemaError,
+)
 from clerk_sync_cli.mapping import SYNCED_FIELDS, ColumnLimits, UserRow
 from clerk_sync_cli.plan import DbUser
 from clerk_sync_cli.settings import describe_dsn
+from clerk_sync_cli.tables import Tables
 
+T = TypeVar("T")
+Cursor = psycopg.Cursor[Any]
 STATE_SCHEMA = "clerk_sync"
 REQUIRED_USER_COLUMNS = ("id", "clerk_id", *SYNCED_FIELDS, "created_at")
-
-
-@dataclass(frozen=True)
-class Tables:
-    """Where the app's tables live. Names are composed with sql.Identifier, never pasted."""
-
-    schema: str = "public"
-    users: str = "users"
-    settings: str = "user_monitoring_settings"
-
-    def users_ident(self) -> sql.Composable:
-        return sql.Identifier(self.schema, self.users)
-
-    def settings_ident(self) -> sql.Composable:
-        return sql.Identifier(self.schema, self.settings)
+LOCK_NAME = "sync"
+GRANTS_HINT = "See README → Safety → least-privilege role for the grants clerk-sync needs."
 
 
 @dataclass(frozen=True)
 class SchemaInfo:
     limits: ColumnLimits
     has_settings_trigger: bool
+    can_read_settings: bool = True
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    run_id: int
+    host: str
+    pid: int
+    heartbeat_age_s: float
+
+    def is_stale(self, stale_after_s: float) -> bool:
+        """Silent for too long, or a process on this host that no longer exists."""
+        if self.heartbeat_age_s > stale_after_s:
+            return True
+        return self.host == socket.gethostname() and not _process_alive(self.pid)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def connect(dsn: str, *, application_name: str = "clerk-sync") -> psycopg.Connection[Any]:
@@ -79,7 +106,7 @@ def _reason(exc: BaseException, dsn: str | None = None) -> str:
     return text[:300]
 
 
-def _one(cur: psycopg.Cursor[Any]) -> Any:
+def _one(cur: Cursor) -> Any:
     record = cur.fetchone()
     assert record is not None, "query returns exactly one row"
     return record
@@ -90,20 +117,47 @@ class Store:
 
     def __init__(
         self,
-        conn: psycopg.Connection[Any],
-        tables: Tables = Tables(),
+        connect: Callable[[], psycopg.Connection[Any]],
+        tables: Tables | None = None,
         *,
         statement_timeout_ms: int = 60_000,
         lock_timeout_ms: int = 10_000,
+        reconnect_attempts: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.conn = conn
-        self.tables = tables
+        self._connect = connect
+        self._conn: psycopg.Connection[Any] | None = None
+        self.tables = tables or Tables()
+        self.reconnect_attempts = reconnect_attempts
+        self.reconnects = 0
+        self._sleep = sleep
         self._timeouts = sql.SQL(
             "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}"
         ).format(sql.Literal(f"{statement_timeout_ms}ms"), sql.Literal(f"{lock_timeout_ms}ms"))
 
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        return self._conn
+
+    def check_connection(self) -> None:
+        """Connect now, so a bad DATABASE_URL fails before anything else happens."""
+        _ = self.conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @contextmanager
-    def transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+    def transaction(self) -> Iterator[Cursor]:
         """One atomic unit of work with timeouts set; driver failures become clear errors."""
         try:
             with self.conn.transaction(), self.conn.cursor() as cur:
@@ -113,93 +167,155 @@ class Store:
             raise BatchDataError(_reason(exc)) from None
         except psycopg.errors.InsufficientPrivilege as exc:
             raise SchemaError(
-                f"The database role lacks a privilege: {_reason(exc)}",
-                "Grant SELECT, INSERT, UPDATE on the users table (see README, Safety).",
+                f"The database role lacks a privilege: {_reason(exc)}", GRANTS_HINT
             ) from None
-        except (psycopg.OperationalError, psycopg.errors.QueryCanceled) as exc:
+        except psycopg.OperationalError as exc:
+            self.close()
             raise DatabaseUnavailableError(
                 f"The database connection failed: {_reason(exc)}",
-                "Nothing from the interrupted batch was applied; rerun to converge.",
+                "Nothing from the interrupted page was applied; rerun to converge.",
             ) from None
+
+    def atomic(self, work: Callable[[Cursor], T]) -> T:
+        """Run ``work`` in one transaction; if the connection fails (dropped, restarted,
+        timed out), roll back, reconnect and run it again, a bounded number of times."""
+        for attempt in range(self.reconnect_attempts + 1):
+            try:
+                with self.transaction() as cur:
+                    return work(cur)
+            except DatabaseUnavailableError:
+                if attempt == self.reconnect_attempts:
+                    raise
+                self.reconnects += 1
+                self._sleep(min(0.5 * 2**attempt, 5.0))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- schema ------------------------------------------------------------------------------
 
     def inspect(self) -> SchemaInfo:
         """Check the tables have what the sync relies on; say exactly what is missing."""
+        return self.atomic(self._inspect)
+
+    def _inspect(self, cur: Cursor) -> SchemaInfo:
         t = self.tables
-        with self.transaction() as cur:
-            cur.execute(
-                "SELECT column_name, character_maximum_length FROM information_schema.columns "
-                "WHERE table_schema = %s AND table_name = %s",
-                (t.schema, t.users),
+        users_name = f'"{t.schema}"."{t.users}"'
+        cur.execute(
+            "SELECT column_name, character_maximum_length FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s",
+            (t.schema, t.users),
+        )
+        columns = {name: length for name, length in cur.fetchall()}
+        if not columns:
+            raise SchemaError(
+                f"Table {users_name} does not exist (or this role cannot see it).",
+                "Run `clerk-sync init-db` to create it, or check DATABASE_URL.",
             )
-            columns = {name: length for name, length in cur.fetchall()}
-            if not columns:
-                raise SchemaError(
-                    f'Table "{t.schema}"."{t.users}" does not exist (or this role cannot see it).',
-                    "Run `clerk-sync init-db` to create it, or check DATABASE_URL.",
-                )
-            missing = [c for c in REQUIRED_USER_COLUMNS if c not in columns]
-            if missing:
-                raise SchemaError(
-                    f'Table "{t.schema}"."{t.users}" lacks column(s): {", ".join(missing)}.',
-                    "clerk-sync expects the users table of the integration guide (see sql/).",
-                )
-            cur.execute(
-                """
-                SELECT EXISTS (
-                    SELECT 1 FROM pg_index i
-                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                    WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indnatts = 1
-                      AND i.indpred IS NULL AND a.attname = 'clerk_id')
-                """,
-                (self._qualified(t.users),),
+        missing = [c for c in REQUIRED_USER_COLUMNS if c not in columns]
+        if missing:
+            raise SchemaError(
+                f"Table {users_name} lacks column(s): {', '.join(missing)}.",
+                "clerk-sync expects the users table of the integration guide (see sql/).",
             )
-            if not _one(cur)[0]:
-                raise SchemaError(
-                    f'"{t.schema}"."{t.users}".clerk_id has no unique constraint; upserts need one.',
-                    f'Add it: ALTER TABLE "{t.schema}"."{t.users}" ADD CONSTRAINT '
-                    "users_clerk_id_key UNIQUE (clerk_id);",
-                )
-            cur.execute(
-                "SELECT 1 FROM information_schema.columns "
-                "WHERE table_schema = %s AND table_name = %s AND column_name = 'user_id'",
-                (t.schema, t.settings),
+        users_reg, settings_reg = self._qualified(t.users), self._qualified(t.settings)
+        cur.execute(
+            """
+            SELECT c.relrowsecurity, c.relforcerowsecurity,
+                   pg_has_role(current_user, c.relowner, 'USAGE'), r.rolsuper, r.rolbypassrls,
+                   has_table_privilege(c.oid, 'SELECT'), has_table_privilege(c.oid, 'INSERT'),
+                   has_table_privilege(c.oid, 'UPDATE'), current_user,
+                   to_regclass(%s) IS NOT NULL
+                   AND has_table_privilege(to_regclass(%s), 'SELECT')
+            FROM pg_class c JOIN pg_roles r ON r.rolname = current_user
+            WHERE c.oid = to_regclass(%s)
+            """,
+            (settings_reg, settings_reg, users_reg),
+        )
+        (
+            rls,
+            forced,
+            owner,
+            superuser,
+            bypass,
+            can_select,
+            can_insert,
+            can_update,
+            role,
+            read_settings,
+        ) = _one(cur)
+        lacking = [
+            p
+            for p, ok in (("SELECT", can_select), ("INSERT", can_insert), ("UPDATE", can_update))
+            if not ok
+        ]
+        if lacking:
+            raise SchemaError(
+                f"Role {role} lacks {', '.join(lacking)} on {users_name}.", GRANTS_HINT
             )
-            if cur.fetchone() is None:
-                raise SchemaError(
-                    f'Table "{t.schema}"."{t.settings}" with a user_id column does not exist.',
-                    "Run `clerk-sync init-db` to create it.",
-                )
-            cur.execute(
-                """
-                SELECT EXISTS (
-                    SELECT 1 FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
-                    WHERE tg.tgrelid = to_regclass(%s) AND NOT tg.tgisinternal
-                      AND (tg.tgtype & 4) <> 0  -- fires on INSERT
-                      AND p.prosrc ILIKE %s)
-                """,
-                (self._qualified(t.users), f"%{t.settings}%"),
+        if rls and not (superuser or bypass or (owner and not forced)):
+            raise RefusedError(
+                f"Row-level security on {users_name} applies to role {role}: it could hide rows, "
+                "and clerk-sync would then recreate or deactivate users wrongly. Refusing to run.",
+                "Connect as the table owner or a role with BYPASSRLS (Supabase: postgres or service_role).",
             )
-            has_trigger = bool(_one(cur)[0])
-            cur.execute("SELECT to_regnamespace(%s) IS NOT NULL", (STATE_SCHEMA,))
-            if not _one(cur)[0]:
-                raise SchemaError(
-                    f'clerk-sync\'s own schema "{STATE_SCHEMA}" does not exist.',
-                    "Run `clerk-sync init-db` once (it never changes existing tables).",
-                )
+        cur.execute(
+            """
+            SELECT EXISTS (
+                SELECT 1 FROM pg_index i
+                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indnatts = 1
+                  AND i.indpred IS NULL AND a.attname = 'clerk_id')
+            """,
+            (users_reg,),
+        )
+        if not _one(cur)[0]:
+            raise SchemaError(
+                f"{users_name}.clerk_id has no unique constraint; upserts need one.",
+                f"Add it: ALTER TABLE {users_name} ADD CONSTRAINT users_clerk_id_key UNIQUE (clerk_id);",
+            )
+        cur.execute(
+            "SELECT 1 FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s AND column_name = 'user_id'",
+            (t.schema, t.settings),
+        )
+        if cur.fetchone() is None and read_settings:
+            raise SchemaError(
+                f'Table "{t.schema}"."{t.settings}" with a user_id column does not exist.',
+                "Run `clerk-sync init-db` to create it.",
+            )
+        cur.execute(
+            """
+            SELECT EXISTS (
+                SELECT 1 FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
+                WHERE tg.tgrelid = to_regclass(%s) AND NOT tg.tgisinternal
+                  AND (tg.tgtype & 4) <> 0  -- fires on INSERT
+                  AND strpos(p.prosrc, %s) > 0)
+            """,
+            (users_reg, t.settings),
+        )
+        has_trigger = bool(_one(cur)[0])
+        cur.execute(
+            "SELECT to_regclass('clerk_sync.runs') IS NOT NULL "
+            "AND to_regclass('clerk_sync.locks') IS NOT NULL"
+        )
+        if not _one(cur)[0]:
+            raise SchemaError(
+                f'clerk-sync\'s own tables in schema "{STATE_SCHEMA}" do not exist.',
+                "Run `clerk-sync init-db` once (it never changes existing tables).",
+            )
         limits = ColumnLimits(
             **{name: columns.get(name) for name in ColumnLimits.__dataclass_fields__}
         )
-        return SchemaInfo(limits=limits, has_settings_trigger=has_trigger)
+        return SchemaInfo(
+            limits=limits, has_settings_trigger=has_trigger, can_read_settings=bool(read_settings)
+        )
 
     def _qualified(self, name: str) -> str:
         return sql.Identifier(self.tables.schema, name).as_string(self.conn)
 
-    # -- runs --------------------------------------------------------------------------------
+    # -- runs, lock, checkpoints --------------------------------------------------------------
 
     def start_run(self, command: str, dry_run: bool) -> int:
-        with self.transaction() as cur:
+        def insert(cur: Cursor) -> int:
             cur.execute(
                 "INSERT INTO clerk_sync.runs (command, dry_run, status) "
                 "VALUES (%s, %s, 'running') RETURNING id",
@@ -207,27 +323,191 @@ class Store:
             )
             return int(_one(cur)[0])
 
-    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
-        with self.transaction() as cur:
+        return self.atomic(insert)
+
+    def finish_run(
+        self, run_id: int, status: str, summary: dict[str, Any], *, resumable: bool = False
+    ) -> None:
+        """Record how the run ended and release its lock. Unless ``resumable`` (an interrupted
+        run the next one continues), its scratch rows and checkpoints are dropped."""
+
+        def finish(cur: Cursor) -> None:
             cur.execute(
-                "UPDATE clerk_sync.runs SET status = %s, finished_at = now(), summary = %s "
-                "WHERE id = %s",
+                "UPDATE clerk_sync.runs SET status = %s, finished_at = now(), "
+                "summary = coalesce(summary, '{}'::jsonb) || %s WHERE id = %s",
                 (status, Jsonb(summary), run_id),
             )
-            cur.execute("DELETE FROM clerk_sync.run_seen WHERE run_id = %s", (run_id,))
+            if not resumable:
+                cur.execute("DELETE FROM clerk_sync.run_seen WHERE run_id = %s", (run_id,))
+                cur.execute("DELETE FROM clerk_sync.run_windows WHERE run_id = %s", (run_id,))
+            cur.execute(
+                "DELETE FROM clerk_sync.locks WHERE name = %s AND run_id = %s", (LOCK_NAME, run_id)
+            )
+
+        self.atomic(finish)
+
+    def lock_holder(self) -> LockHolder | None:
+        def read(cur: Cursor) -> LockHolder | None:
+            cur.execute(
+                "SELECT run_id, host, pid, extract(epoch FROM now() - heartbeat_at) "
+                "FROM clerk_sync.locks WHERE name = %s",
+                (LOCK_NAME,),
+            )
+            row = cur.fetchone()
+            return LockHolder(int(row[0]), row[1], int(row[2]), float(row[3])) if row else None
+
+        return self.atomic(read)
+
+    def acquire_lock(self, run_id: int, *, stale_after_s: float) -> LockHolder | None:
+        """Take the one writer lock for ``run_id``. Returns the stale holder it replaced (a
+        crashed run), or None. Raises LockHeldError while a live run holds it."""
+        me = (socket.gethostname(), os.getpid())
+        holder = self.lock_holder()
+        if holder is not None and not holder.is_stale(stale_after_s):
+            raise LockHeldError(
+                f"Another clerk-sync run holds the lock (run {holder.run_id}, pid {holder.pid} "
+                f"on {holder.host}, last heard from {holder.heartbeat_age_s:.0f}s ago).",
+                "Nothing was changed. It will be taken over if that run stays silent for "
+                f"{stale_after_s / 60:.0f} minutes.",
+            )
+
+        def take(cur: Cursor) -> bool:
+            if holder is None:
+                cur.execute(
+                    "INSERT INTO clerk_sync.locks (name, run_id, host, pid) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (name) DO NOTHING RETURNING run_id",
+                    (LOCK_NAME, run_id, *me),
+                )
+            else:
+                cur.execute(
+                    "UPDATE clerk_sync.locks SET run_id = %s, host = %s, pid = %s, "
+                    "acquired_at = now(), heartbeat_at = now() WHERE name = %s AND run_id = %s "
+                    "RETURNING run_id",
+                    (run_id, *me, LOCK_NAME, holder.run_id),
+                )
+            return cur.fetchone() is not None
+
+        if not self.atomic(take):
+            raise LockHeldError(
+                "Another clerk-sync run took the lock at the same moment.", "Nothing was changed."
+            )
+        return holder
+
+    def heartbeat(self, cur: Cursor, run_id: int) -> None:
+        """Refresh the lock inside a unit of work; if another run has taken it over (this one
+        was silent too long), stop before this unit commits."""
+        cur.execute(
+            "UPDATE clerk_sync.locks SET heartbeat_at = now() WHERE name = %s AND run_id = %s",
+            (LOCK_NAME, run_id),
+        )
+        if cur.rowcount != 1:
+            raise LockHeldError(
+                "Another clerk-sync run took over the lock (this run was silent too long); stopping.",
+                "Nothing from this page was applied.",
+            )
+
+    def resumable_run(self, command: str) -> int | None:
+        """The newest run of ``command`` that was left running (crashed) with checkpoints."""
+
+        def find(cur: Cursor) -> int | None:
+            cur.execute(
+                "SELECT r.id FROM clerk_sync.runs r WHERE r.command = %s AND NOT r.dry_run "
+                "AND r.status IN ('running', 'interrupted') AND EXISTS (SELECT 1 FROM clerk_sync.run_windows w "
+                "WHERE w.run_id = r.id) ORDER BY r.id DESC LIMIT 1",
+                (command,),
+            )
+            row = cur.fetchone()
+            return int(row[0]) if row else None
+
+        return self.atomic(find)
+
+    def resume_run(self, run_id: int) -> None:
+        def mark(cur: Cursor) -> None:
+            cur.execute(
+                "UPDATE clerk_sync.runs SET status = 'running', finished_at = NULL, "
+                "summary = coalesce(summary, '{}'::jsonb) || "
+                "jsonb_build_object('resumed_at', now()) WHERE id = %s",
+                (run_id,),
+            )
+
+        self.atomic(mark)
+
+    def abandon_runs(self, keep: int) -> None:
+        """Once this run holds the lock, any other writing run still marked running or
+        interrupted is dead: mark it crashed and free its scratch rows."""
+
+        def abandon(cur: Cursor) -> None:
+            cur.execute(
+                "UPDATE clerk_sync.runs SET status = 'crashed', finished_at = coalesce(finished_at, now()) "
+                "WHERE status IN ('running', 'interrupted') AND NOT dry_run AND id <> %s RETURNING id",
+                (keep,),
+            )
+            gone = [r[0] for r in cur.fetchall()]
+            if gone:
+                cur.execute("DELETE FROM clerk_sync.run_seen WHERE run_id = ANY(%s)", (gone,))
+                cur.execute("DELETE FROM clerk_sync.run_windows WHERE run_id = ANY(%s)", (gone,))
+
+        self.atomic(abandon)
+
+    def save_windows(self, run_id: int, windows: Sequence[Window]) -> None:
+        def save(cur: Cursor) -> None:
+            cur.executemany(
+                "INSERT INTO clerk_sync.run_windows (run_id, window_no, created_after, created_before) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [(run_id, w.no, w.after, w.before) for w in windows],
+            )
+
+        self.atomic(save)
+
+    def load_windows(self, run_id: int) -> list[tuple[Window, str | None, bool]]:
+        def load(cur: Cursor) -> list[tuple[Window, str | None, bool]]:
+            cur.execute(
+                "SELECT window_no, created_after, created_before, cursor, done "
+                "FROM clerk_sync.run_windows WHERE run_id = %s ORDER BY window_no",
+                (run_id,),
+            )
+            return [
+                (Window(no, lo, hi), cursor, done) for no, lo, hi, cursor, done in cur.fetchall()
+            ]
+
+        return self.atomic(load)
+
+    def touch(self, run_id: int) -> None:
+        """Refresh the lock between units of work (during long confirmation loops)."""
+        self.atomic(lambda cur: self.heartbeat(cur, run_id))
+
+    def checkpoint(
+        self, cur: Cursor, run_id: int, window_no: int, cursor: str | None, done: bool
+    ) -> None:
+        cur.execute(
+            "UPDATE clerk_sync.run_windows SET cursor = %s, done = %s WHERE run_id = %s AND window_no = %s",
+            (cursor, done, run_id, window_no),
+        )
+
+    def seen_count(self, run_id: int) -> int:
+        def count(cur: Cursor) -> int:
+            cur.execute("SELECT count(*) FROM clerk_sync.run_seen WHERE run_id = %s", (run_id,))
+            return int(_one(cur)[0])
+
+        return self.atomic(count)
 
     # -- reads -------------------------------------------------------------------------------
 
-    def _user_select(self) -> sql.Composed:
+    def _user_select(self, can_read_settings: bool = True) -> sql.Composed:
+        has_settings = (
+            sql.SQL("EXISTS (SELECT 1 FROM {settings} s WHERE s.user_id = u.id)").format(
+                settings=self.tables.settings_ident()
+            )
+            if can_read_settings
+            else sql.SQL("true")
+        )
         return sql.SQL(
             "SELECT u.id::text, u.clerk_id, u.email, u.first_name, u.last_name, "
-            "u.profile_image_url, u.is_active, "
-            "EXISTS (SELECT 1 FROM {settings} s WHERE s.user_id = u.id) AS has_settings "
-            "FROM {users} u"
-        ).format(settings=self.tables.settings_ident(), users=self.tables.users_ident())
+            "u.profile_image_url, u.is_active, {has_settings} AS has_settings FROM {users} u"
+        ).format(has_settings=has_settings, users=self.tables.users_ident())
 
     def see_and_fetch(
-        self, run_id: int, clerk_ids: Sequence[str]
+        self, cur: Cursor, run_id: int, clerk_ids: Sequence[str], *, can_read_settings: bool = True
     ) -> tuple[set[str], dict[str, DbUser]]:
         """Record ``clerk_ids`` as seen by this run; return the ones not seen before and the
         table rows of those. One round trip a page; duplicates across pages come back once."""
@@ -235,29 +515,34 @@ class Store:
             "WITH new AS (INSERT INTO clerk_sync.run_seen (run_id, clerk_id) "
             "SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING RETURNING clerk_id) "
             "SELECT new.clerk_id, x.* FROM new LEFT JOIN ({select}) x ON x.clerk_id = new.clerk_id"
-        ).format(select=self._user_select())
-        with self.transaction() as cur:
-            cur.execute(query, (run_id, list(clerk_ids)))
-            fresh: set[str] = set()
-            rows: dict[str, DbUser] = {}
-            for record in cur.fetchall():
-                fresh.add(record[0])
-                if record[1] is not None:
-                    rows[record[0]] = DbUser(*record[1:])
+        ).format(select=self._user_select(can_read_settings))
+        cur.execute(query, (run_id, list(clerk_ids)))
+        fresh: set[str] = set()
+        rows: dict[str, DbUser] = {}
+        for record in cur.fetchall():
+            fresh.add(record[0])
+            if record[1] is not None:
+                rows[record[0]] = DbUser(*record[1:])
         return fresh, rows
 
-    def fetch_user(self, clerk_id: str) -> DbUser | None:
-        query = sql.SQL("{select} WHERE u.clerk_id = %s").format(select=self._user_select())
-        with self.transaction() as cur:
+    def fetch_user(self, clerk_id: str, *, can_read_settings: bool = True) -> DbUser | None:
+        query = sql.SQL("{select} WHERE u.clerk_id = %s").format(
+            select=self._user_select(can_read_settings)
+        )
+
+        def fetch(cur: Cursor) -> DbUser | None:
             cur.execute(query, (clerk_id,))
             record = cur.fetchone()
-        return DbUser(*record) if record else None
+            return DbUser(*record) if record else None
+
+        return self.atomic(fetch)
 
     def fetch_row_and_settings(
         self, clerk_id: str
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """The whole ``users`` row and its settings row, for display."""
-        with self.transaction() as cur:
+
+        def fetch(cur: Cursor) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
             cur.row_factory = dict_row  # type: ignore[assignment,unused-ignore]
             cur.execute(
                 sql.SQL("SELECT * FROM {} WHERE clerk_id = %s").format(self.tables.users_ident()),
@@ -273,17 +558,22 @@ class Store:
                     (row["id"],),
                 )
                 settings = cur.fetchone()
-        return row, settings
+            return row, settings
+
+        return self.atomic(fetch)
 
     def count_active(self) -> tuple[int, int]:
         """(all rows, active rows)."""
         query = sql.SQL(
             "SELECT count(*), count(*) FILTER (WHERE is_active IS DISTINCT FROM false) FROM {}"
         ).format(self.tables.users_ident())
-        with self.transaction() as cur:
+
+        def count(cur: Cursor) -> tuple[int, int]:
             cur.execute(query)
             total, active = _one(cur)
-        return int(total), int(active)
+            return int(total), int(active)
+
+        return self.atomic(count)
 
     def unseen_active(self, run_id: int, limit: int) -> tuple[int, list[DbUser]]:
         """Active rows this run did not see in Clerk: (how many, the first ``limit``)."""
@@ -291,31 +581,34 @@ class Store:
             "WHERE u.is_active IS DISTINCT FROM false AND NOT EXISTS ("
             "SELECT 1 FROM clerk_sync.run_seen r WHERE r.run_id = %s AND r.clerk_id = u.clerk_id)"
         )
-        with self.transaction() as cur:
+
+        def read(cur: Cursor) -> tuple[int, list[DbUser]]:
             cur.execute(
                 sql.SQL("SELECT count(*) FROM {} u ").format(self.tables.users_ident()) + where,
                 (run_id,),
             )
             count = int(_one(cur)[0])
             cur.execute(
-                self._user_select()
+                self._user_select(False)
                 + sql.SQL(" ")
                 + where
                 + sql.SQL(" ORDER BY u.clerk_id LIMIT %s"),
                 (run_id, limit),
             )
-            rows = [DbUser(*record) for record in cur.fetchall()]
-        return count, rows
+            return count, [DbUser(*record) for record in cur.fetchall()]
+
+        return self.atomic(read)
 
     # -- writes ------------------------------------------------------------------------------
 
     def upsert(
-        self, rows: Sequence[UserRow], *, repair_settings_for: Sequence[str] = ()
+        self, cur: Cursor, rows: Sequence[UserRow], *, repair_settings_for: Sequence[str] = ()
     ) -> tuple[set[str], set[str], set[str]]:
-        """Write ``rows`` in one statement; insert missing settings rows for the given ids.
+        """Write ``rows`` in one statement and insert missing settings rows for the given ids,
+        inside a savepoint of the caller's transaction (BatchDataError undoes just this part).
 
-        Returns the clerk_ids inserted, updated, and given a settings row. A row whose
-        stored values already equal Clerk's is left untouched, even if it changed since read.
+        Returns the clerk_ids inserted, updated, and given a settings row. A row whose stored
+        values already equal Clerk's is left untouched, even if it changed since it was read.
         """
         t = self.tables
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in SYNCED_FIELDS)
@@ -335,27 +628,30 @@ class Store:
         inserted: set[str] = set()
         updated: set[str] = set()
         repaired: set[str] = set()
-        with self.transaction() as cur:
-            if rows:
-                cur.execute(
-                    query,
-                    (
-                        [r.clerk_id for r in rows],
-                        [r.email for r in rows],
-                        [r.first_name for r in rows],
-                        [r.last_name for r in rows],
-                        [r.profile_image_url for r in rows],
-                        [r.is_active for r in rows],
-                        [r.created_at for r in rows],
-                    ),
-                )
-                for clerk_id, was_inserted in cur.fetchall():
-                    (inserted if was_inserted else updated).add(clerk_id)
-            if repair_settings_for:
-                repaired = self._repair_settings(cur, repair_settings_for)
+        try:
+            with cur.connection.transaction():
+                if rows:
+                    cur.execute(
+                        query,
+                        (
+                            [r.clerk_id for r in rows],
+                            [r.email for r in rows],
+                            [r.first_name for r in rows],
+                            [r.last_name for r in rows],
+                            [r.profile_image_url for r in rows],
+                            [r.is_active for r in rows],
+                            [r.created_at for r in rows],
+                        ),
+                    )
+                    for clerk_id, was_inserted in cur.fetchall():
+                        (inserted if was_inserted else updated).add(clerk_id)
+                if repair_settings_for:
+                    repaired = self._repair_settings(cur, repair_settings_for)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            raise BatchDataError(_reason(exc)) from None
         return inserted, updated, repaired
 
-    def _repair_settings(self, cur: psycopg.Cursor[Any], clerk_ids: Sequence[str]) -> set[str]:
+    def _repair_settings(self, cur: Cursor, clerk_ids: Sequence[str]) -> set[str]:
         query = sql.SQL(
             "WITH added AS (INSERT INTO {settings} (user_id) SELECT u.id FROM {users} u "
             "WHERE u.clerk_id = ANY(%s) "
@@ -366,15 +662,20 @@ class Store:
         cur.execute(query, (list(clerk_ids),))
         return {r[0] for r in cur.fetchall()}
 
-    def deactivate(self, clerk_ids: Sequence[str]) -> set[str]:
+    def deactivate(self, clerk_ids: Sequence[str], *, run_id: int | None = None) -> set[str]:
         """Set ``is_active = false`` on these rows (never DELETE); returns the ids changed."""
         query = sql.SQL(
             "UPDATE {} SET is_active = false WHERE clerk_id = ANY(%s) "
             "AND is_active IS DISTINCT FROM false RETURNING clerk_id"
         ).format(self.tables.users_ident())
-        with self.transaction() as cur:
+
+        def update(cur: Cursor) -> set[str]:
+            if run_id is not None:
+                self.heartbeat(cur, run_id)
             cur.execute(query, (list(clerk_ids),))
             return {r[0] for r in cur.fetchall()}
+
+        return self.atomic(update)
 
     # -- schema setup --------------------------------------------------------------------------
 

@@ -1,5 +1,9 @@
-"""The sync itself: walk Clerk, diff each page against the table, write in batches, and
-deactivate only what Clerk confirms is gone. Client and store are passed in."""
+"""The sync itself: walk Clerk, diff each page against the table, write each page in one
+transaction, and deactivate only what Clerk confirms is gone. Client and store are passed in.
+
+A writing run holds the one writer lock and checkpoints, per ``created_at`` window, the last
+user whose page is committed; a run that crashed or was interrupted is resumed from there.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from clerk_sync_cli.clerk import ClerkClient
-from clerk_sync_cli.errors import BatchDataError, ClerkSyncError, ExitCode
+from clerk_sync_cli.clerk import (
+    PAGE_LIMIT,
+    ClerkClient,
+    Page,
+    Window,
+    split_windows,
+    walk_concurrently,
+)
+from clerk_sync_cli.errors import (
+    BatchDataError,
+    ClerkSyncError,
+    ClerkUnavailableError,
+    DatabaseUnavailableError,
+    ExitCode,
+    LockHeldError,
+)
 from clerk_sync_cli.mapping import FieldWarning, MappedUser, RejectedUser, UserRow, map_user
 from clerk_sync_cli.plan import (
     ACTIONS,
@@ -21,7 +39,7 @@ from clerk_sync_cli.plan import (
     plan_deactivation,
     plan_user,
 )
-from clerk_sync_cli.store import SchemaInfo, Store
+from clerk_sync_cli.store import Cursor, SchemaInfo, Store
 
 WRITES = (Action.CREATE, Action.UPDATE, Action.REACTIVATE, Action.SETTINGS_MISSING)
 
@@ -53,8 +71,11 @@ class SyncOptions:
     dry_run: bool = False
     deactivate: bool = False
     guard: DeactivationGuard = field(default_factory=DeactivationGuard)
-    batch_size: int = 2000
+    page_size: int = PAGE_LIMIT  # users read and written per transaction
+    concurrency: int = 4  # windows of the list walked at once
     changes_cap: int = 1000
+    stale_after_s: float = 600.0  # a lock holder silent this long is presumed dead
+    resume: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,7 @@ class Failure:
 class SyncResult:
     command: str
     dry_run: bool
+    run_id: int | None = None
     status: str = "ok"  # ok | partial | refused | failed
     clerk_users: int = 0
     db_users: int = 0
@@ -81,6 +103,7 @@ class SyncResult:
     refusal: str | None = None
     duration_s: float = 0.0
     changes_cap: int = 1000
+    requests: int = 0
 
     @property
     def drift(self) -> bool:
@@ -110,7 +133,19 @@ class SyncResult:
             "applied": {a.value: self.applied[a] for a in ACTIONS},
             "refusal": self.refusal,
             "failures": len(self.failures),
+            "requests": self.requests,
+            "duration_s": round(self.duration_s, 3),
         }
+
+
+@dataclass
+class _Run:
+    """The bookkeeping of one run: its id, whether it holds the lock, what to walk."""
+
+    id: int
+    locked: bool
+    todo: list[tuple[Window, str | None]]
+    resumed: bool = False
 
 
 def reconcile(
@@ -126,38 +161,100 @@ def reconcile(
     progress = progress or NoProgress()
     result = SyncResult(options.command, options.dry_run, changes_cap=options.changes_cap)
     schema = store.inspect()
+    if not schema.can_read_settings:
+        result.notes.append(
+            "This role cannot read the settings table; missing settings rows are not checked."
+        )
     result.db_users, active_rows = store.count_active()
     listed_before = client.count_users()
-    run_id = store.start_run(options.command, options.dry_run)
+    run = _begin(client, store, options, listed_before, result)
+    result.run_id = run.id
     try:
         progress.start(listed_before)
-        rejected = _walk(client, store, schema, run_id, options, result, progress)
+        rejected = _walk(client, store, schema, run, options, result, progress)
         progress.finish()
+        result.clerk_users = store.seen_count(run.id)
         if options.deactivate:
             listed_after = client.count_users()
             reason = _incomplete_listing(result.clerk_users, rejected, listed_before, listed_after)
+            if run.resumed:
+                result.notes.append("Resumed an interrupted run: counts cover this part only.")
             if reason:
                 result.notes.append(f"Deactivation skipped: {reason}")
+                result.failures.append(Failure(None, f"deactivation skipped: {reason}"))
             else:
-                _deactivate(client, store, run_id, options, result, active_rows, confirm)
-    except ClerkSyncError as exc:
-        result.status = "failed"
+                _deactivate(client, store, run, options, result, active_rows, confirm)
+    except BaseException as exc:
+        progress.finish()
+        interrupted = isinstance(
+            exc, ClerkUnavailableError | DatabaseUnavailableError | KeyboardInterrupt
+        )
+        result.status = "interrupted" if interrupted and run.locked else "failed"
         result.duration_s = time.monotonic() - started
-        _finish(store, run_id, result, error=exc.message)
+        result.requests = client.requests
+        message = exc.message if isinstance(exc, ClerkSyncError) else type(exc).__name__
+        _finish(store, run, result, error=message, resumable=result.status == "interrupted")
         raise
     if result.failures and result.status == "ok":
         result.status = "partial"
     result.duration_s = time.monotonic() - started
-    _finish(store, run_id, result)
+    result.requests = client.requests
+    _finish(store, run, result)
     return result
 
 
-def _finish(store: Store, run_id: int, result: SyncResult, error: str | None = None) -> None:
+def _begin(
+    client: ClerkClient, store: Store, options: SyncOptions, listed: int, result: SyncResult
+) -> _Run:
+    """Start (or resume) the run: take the lock when it writes, and plan its windows."""
+    if options.dry_run:
+        run_id = store.start_run(options.command, True)
+        return _Run(run_id, False, [(w, None) for w in _plan_windows(client, options, listed)])
+    resumable = store.resumable_run(options.command) if options.resume else None
+    run_id = resumable or store.start_run(options.command, False)
+    try:
+        stale = store.acquire_lock(run_id, stale_after_s=options.stale_after_s)
+    except LockHeldError as exc:
+        if resumable is None:
+            store.finish_run(run_id, "skipped", {"error": exc.message})
+        raise
+    if stale is not None:
+        result.notes.append(f"Took over the lock from run {stale.run_id}, which had stopped.")
+    store.abandon_runs(keep=run_id)
+    if resumable is not None:
+        store.resume_run(run_id)
+        saved = store.load_windows(run_id)
+        result.notes.append(f"Resuming run {run_id} from its checkpoint.")
+        return _Run(
+            run_id, True, [(w, cursor) for w, cursor, done in saved if not done], resumed=True
+        )
+    windows = _plan_windows(client, options, listed)
+    store.save_windows(run_id, windows)
+    return _Run(run_id, True, [(w, None) for w in windows])
+
+
+def _plan_windows(client: ClerkClient, options: SyncOptions, listed: int) -> list[Window]:
+    """One window per few pages' worth of users, up to 4 per worker; one for small lists."""
+    wanted = min(4 * options.concurrency, listed // (4 * options.page_size))
+    if options.concurrency <= 1 or wanted <= 1:
+        return [Window(0)]
+    span = client.created_at_range()
+    return [Window(0)] if span is None else split_windows(span[0], span[1], wanted)
+
+
+def _finish(
+    store: Store,
+    run: _Run,
+    result: SyncResult,
+    *,
+    error: str | None = None,
+    resumable: bool = False,
+) -> None:
     summary = result.summary()
     if error:
         summary["error"] = error
     try:
-        store.finish_run(run_id, result.status, summary)
+        store.finish_run(run.id, result.status, summary, resumable=resumable)
     except ClerkSyncError:
         if error is None:
             raise
@@ -167,17 +264,21 @@ def _walk(
     client: ClerkClient,
     store: Store,
     schema: SchemaInfo,
-    run_id: int,
+    run: _Run,
     options: SyncOptions,
     result: SyncResult,
     progress: Progress,
 ) -> int:
-    """Page through Clerk, plan each page, write full batches. Returns users rejected."""
-    pending: list[Change] = []
+    """Page through Clerk; plan and write each page in one transaction. Returns the number
+    of listed users that could not be read (rejected)."""
     rejected = 0
-    for page in client.iter_pages():
+    pages = walk_concurrently(
+        client, run.todo, concurrency=options.concurrency, limit=options.page_size
+    )
+    for page in pages:
         rows: dict[str, UserRow] = {}
-        for mapped in map(lambda raw: map_user(raw, schema.limits), page):
+        for raw in page.users:
+            mapped = map_user(raw, schema.limits)
             if isinstance(mapped, RejectedUser):
                 rejected += 1
                 result.failures.append(Failure(mapped.clerk_id, mapped.problem))
@@ -186,66 +287,86 @@ def _walk(
             if mapped.row.clerk_id not in rows:
                 rows[mapped.row.clerk_id] = mapped.row
                 result.warnings.extend(mapped.warnings)
-        fresh, existing = store.see_and_fetch(run_id, list(rows))
-        changes = [
-            change
-            for clerk_id in rows
-            if clerk_id in fresh
-            for change in plan_user(rows[clerk_id], existing.get(clerk_id))
-        ]
-        result.clerk_users += len(fresh)
+
+        def unit(
+            cur: Cursor, page: Page = page, rows: dict[str, UserRow] = rows
+        ) -> tuple[list[Change], Counter[Action], list[Failure]]:
+            fresh, existing = store.see_and_fetch(
+                cur, run.id, list(rows), can_read_settings=schema.can_read_settings
+            )
+            changes = [
+                change
+                for clerk_id in rows
+                if clerk_id in fresh
+                for change in plan_user(rows[clerk_id], existing.get(clerk_id))
+            ]
+            applied: Counter[Action] = Counter()
+            failures: list[Failure] = []
+            writes = [c for c in changes if c.action in WRITES]
+            if writes and not options.dry_run:
+                _apply(store, cur, schema, writes, applied, failures)
+            if run.locked:
+                store.heartbeat(cur, run.id)
+                store.checkpoint(cur, run.id, page.window.no, page.cursor, page.last)
+            return changes, applied, failures
+
+        changes, applied, failures = store.atomic(unit)
         result.record(changes)
-        pending.extend(c for c in changes if c.action in WRITES)
-        if not options.dry_run and len(pending) >= options.batch_size:
-            _apply(store, schema, pending, result)
-            pending = []
-        progress.advance(len(page))
-    if pending and not options.dry_run:
-        _apply(store, schema, pending, result)
+        result.applied.update(applied)
+        result.failures.extend(failures)
+        progress.advance(len(page.users))
+    if client.offset_fallbacks:
+        result.notes.append(
+            "Clerk refused the cursor; part of the list was read with offset paging."
+        )
     return rejected
 
 
-def _apply(store: Store, schema: SchemaInfo, changes: list[Change], result: SyncResult) -> None:
-    """Write one batch atomically. If the database refuses its data, split it in halves until
-    the refused users are isolated; they are reported and the rest is written."""
+def _apply(
+    store: Store,
+    cur: Cursor,
+    schema: SchemaInfo,
+    changes: list[Change],
+    applied: Counter[Action],
+    failures: list[Failure],
+) -> None:
+    """Write changes inside the page's transaction. If the database refuses their data (a
+    constraint of the app's), split them in halves until the refused users are isolated:
+    those are reported and everything else is written."""
     rows = [c.row for c in changes if c.row is not None]
     repair = [c.clerk_id for c in changes if c.action is Action.SETTINGS_MISSING]
     if not schema.has_settings_trigger:
         repair += [c.clerk_id for c in changes if c.action is Action.CREATE]
     try:
-        inserted, updated, repaired = store.upsert(rows, repair_settings_for=repair)
+        inserted, updated, repaired = store.upsert(cur, rows, repair_settings_for=repair)
     except BatchDataError as exc:
-        if len(changes) == 1:
-            result.failures.append(Failure(changes[0].clerk_id, exc.message))
-            return
-        by_user: dict[str, list[Change]] = {}
+        groups: dict[str, list[Change]] = {}
         for change in changes:
-            by_user.setdefault(change.clerk_id, []).append(change)
-        groups = list(by_user.values())
+            groups.setdefault(change.clerk_id, []).append(change)
         if len(groups) == 1:
-            result.failures.append(Failure(changes[0].clerk_id, exc.message))
+            failures.append(Failure(changes[0].clerk_id, exc.message))
             return
-        half = len(groups) // 2
-        _apply(store, schema, [c for g in groups[:half] for c in g], result)
-        _apply(store, schema, [c for g in groups[half:] for c in g], result)
+        users = list(groups.values())
+        half = len(users) // 2
+        _apply(store, cur, schema, [c for g in users[:half] for c in g], applied, failures)
+        _apply(store, cur, schema, [c for g in users[half:] for c in g], applied, failures)
         return
     for change in changes:
         if change.action is Action.CREATE and change.clerk_id in inserted:
-            result.applied[Action.CREATE] += 1
+            applied[Action.CREATE] += 1
         elif change.action in (Action.UPDATE, Action.REACTIVATE) and change.clerk_id in updated:
-            result.applied[change.action] += 1
+            applied[change.action] += 1
         elif change.action is Action.SETTINGS_MISSING and change.clerk_id in repaired:
-            result.applied[Action.SETTINGS_MISSING] += 1
+            applied[Action.SETTINGS_MISSING] += 1
 
 
 def _incomplete_listing(seen: int, rejected: int, before: int, after: int) -> str | None:
     """Why the listing cannot be trusted to infer deletions, or None."""
-    listed = seen + rejected
     if rejected:
         return f"{rejected} listed users could not be read, so the listing is not trustworthy."
-    if listed < min(before, after):
+    if seen + rejected < min(before, after):
         return (
-            f"the walk saw {listed} users but Clerk counts {before} before and {after} after; "
+            f"the walk saw {seen} users but Clerk counts {before} before and {after} after; "
             "the listing looks incomplete. Rerun later."
         )
     return None
@@ -254,22 +375,22 @@ def _incomplete_listing(seen: int, rejected: int, before: int, after: int) -> st
 def _deactivate(
     client: ClerkClient,
     store: Store,
-    run_id: int,
+    run: _Run,
     options: SyncOptions,
     result: SyncResult,
     active_rows: int,
     confirm: Confirm | None,
 ) -> None:
     """Deactivate active rows whose users Clerk no longer lists, each confirmed by a 404."""
-    count, _ = store.unseen_active(run_id, limit=0)
+    count, _ = store.unseen_active(run.id, limit=0)
     refusal = options.guard.refusal(count, active_rows, result.clerk_users)
     if refusal:
         result.counts[Action.DEACTIVATE] = count
         result.status, result.refusal = "refused", refusal
         return
-    _, candidates = store.unseen_active(run_id, limit=count)
+    _, candidates = store.unseen_active(run.id, limit=count)
     confirmed: list[DbUser] = []
-    for row in candidates:
+    for n, row in enumerate(candidates, 1):
         try:
             present = client.get_user(row.clerk_id)
         except ClerkSyncError as exc:
@@ -285,6 +406,8 @@ def _deactivate(
             result.notes.append(
                 f"{row.clerk_id} was missing from the listing but Clerk still has it; left active."
             )
+        if run.locked and n % 100 == 0:
+            store.touch(run.id)
     changes = [plan_deactivation(row) for row in confirmed]
     result.record(changes)
     if not changes or options.dry_run:
@@ -292,7 +415,7 @@ def _deactivate(
     if confirm is not None and not confirm(changes):
         result.status, result.refusal = "refused", "Deactivation declined at the prompt."
         return
-    done = store.deactivate([c.clerk_id for c in changes])
+    done = store.deactivate([c.clerk_id for c in changes], run_id=run.id if run.locked else None)
     result.applied[Action.DEACTIVATE] += len(done)
 
 
@@ -322,7 +445,7 @@ def inspect_user(
     """Clerk's record, the table row and the settings row, with the planned change."""
     schema = store.inspect()
     raw = client.get_user(clerk_id)
-    existing = store.fetch_user(clerk_id)
+    existing = store.fetch_user(clerk_id, can_read_settings=schema.can_read_settings)
     row, settings = store.fetch_row_and_settings(clerk_id)
     report = UserReport(clerk_id, raw, None, row, settings, [], [])
     if raw is not None:
@@ -340,10 +463,10 @@ def inspect_user(
     if any(c.action is Action.DEACTIVATE for c in writes):
         store.deactivate([clerk_id])
     elif writes:
-        result = SyncResult("user", False)
-        _apply(store, schema, writes, result)
-        if result.failures:
-            report.problem = result.failures[0].problem
+        failures: list[Failure] = []
+        store.atomic(lambda cur: _apply(store, cur, schema, writes, Counter(), failures))
+        if failures:
+            report.problem = failures[0].problem
     report.applied = bool(writes) and report.problem is None
     report.row, report.settings = store.fetch_row_and_settings(clerk_id)
     return report
