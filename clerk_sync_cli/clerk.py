@@ -158,6 +158,15 @@ class Page:
     last: bool  # the window is exhausted
 
 
+@dataclass(frozen=True)
+class RecentPage:
+    """A page of the newest-changed-first walk (:meth:`ClerkClient.walk_recent`)."""
+
+    users: list[Any]
+    offset: int
+    done: bool  # reached below the watermark, or the end of the list
+
+
 def walk_concurrently(
     client: ClerkClient,
     windows: Sequence[tuple[Window, str | None]],
@@ -337,6 +346,37 @@ class ClerkClient:
         """The whole list, sequentially: just the users of each page."""
         for page in self.walk(Window(0), limit=limit):
             yield page.users
+
+    def walk_recent(
+        self, since_ms: int, *, limit: int = PAGE_LIMIT, max_pages: int
+    ) -> Iterator[RecentPage]:
+        """Users newest change first, down to ``since_ms``: ``order_by=-updated_at`` paged by
+        ``offset`` (Clerk has no updated_at filter, and allows its cursor only with created_at
+        order). Ends with the first page that reaches below ``since_ms`` or ends the list
+        (``done``), or after ``max_pages`` pages (the last one then is not ``done``).
+
+        Offset paging over a list that changes under it: a user changed mid-walk jumps to the
+        front and pushes the users before it one place deeper, so a later page re-reads one
+        already read (callers deduplicate, see ``Store.see_and_fetch``); the change itself is
+        read by the next run, whose watermark is never later than this run's start. A user
+        deleted mid-walk pulls the rest one place up, so one user may be skipped; a deletion
+        also lowers Clerk's count, which makes ``sync`` run the full reconcile. The overlap
+        callers subtract from their watermark covers clock skew and users sharing a ms.
+        """
+        offset = 0
+        for _ in range(max_pages):
+            users = self._list({"limit": limit, "order_by": "-updated_at", "offset": offset})
+            stamps = [u.get("updated_at") for u in users if isinstance(u, dict)]
+            times = [t for t in stamps if isinstance(t, int) and not isinstance(t, bool)]
+            if len(users) >= limit and not times:
+                raise ClerkDataError(
+                    "A full page of users has no updated_at; cannot tell how far back to read."
+                )
+            done = len(users) < limit or min(times) < since_ms
+            yield RecentPage(users, offset, done)
+            if done:
+                return
+            offset += len(users)
 
     def _list(self, params: dict[str, Any]) -> list[Any]:
         page = self._get_json("/users", params)

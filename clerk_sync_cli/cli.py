@@ -27,6 +27,7 @@ from clerk_sync_cli.emulator import (
     serve,
 )
 from clerk_sync_cli.errors import ClerkSyncError, ConfigError, ExitCode
+from clerk_sync_cli.ping import ping
 from clerk_sync_cli.plan import DeactivationGuard
 from clerk_sync_cli.report import Reporter
 from clerk_sync_cli.settings import (
@@ -37,7 +38,13 @@ from clerk_sync_cli.settings import (
     load_settings,
 )
 from clerk_sync_cli.store import Store, connect
-from clerk_sync_cli.sync import SyncOptions, SyncResult, inspect_user, reconcile
+from clerk_sync_cli.sync import (
+    SyncOptions,
+    SyncResult,
+    collect_status,
+    inspect_user,
+    reconcile,
+)
 
 app = typer.Typer(
     name="clerk-sync",
@@ -113,6 +120,34 @@ ConcurrencyOpt = Annotated[
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only a one-line summary.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Apply deactivations without asking.")]
+MaxDeactivationsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-deactivations",
+        min=0,
+        help="Allow up to N deactivations, overriding the safety limit "
+        "(more than 10 and more than 5% of active rows).",
+    ),
+]
+AllowInstanceChangeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-instance-change",
+        help="Run although the key belongs to another Clerk instance than the one that "
+        "filled the table, and re-pin the table to it.",
+    ),
+]
+PingUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ping-url",
+        envvar="CLERK_SYNC_PING_URL",
+        show_envvar=True,
+        help="After the run, GET this URL on success and URL/fail otherwise "
+        "(healthchecks.io style). Never printed: it may hold a token.",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -224,6 +259,32 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
+@contextmanager
+def _pinging(ping_url: str | None, json_out: bool) -> Iterator[None]:
+    """Ping after the command, with whatever exit code it ends: the URL on 0, URL/fail
+    otherwise. A failed ping only warns (naming the host); it never changes the exit code."""
+    code = 70  # anything handle_errors did not turn into an exit code
+    try:
+        yield
+        code = 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+        raise
+    finally:
+        url = ping_url or _ping_url_from_env_file()
+        warning = ping(url, ok=code == 0) if url else None
+        if warning:
+            Reporter(json_mode=json_out).warn(warning)
+
+
+def _ping_url_from_env_file() -> str | None:
+    try:
+        url = load_settings().clerk_sync_ping_url
+    except ClerkSyncError:
+        return None
+    return url.get_secret_value() if url else None
+
+
 # -- commands ------------------------------------------------------------------------------------
 
 
@@ -235,6 +296,8 @@ def backfill(
     batch_size: BatchSizeOpt = PAGE_LIMIT,
     concurrency: ConcurrencyOpt = 4,
     max_rps: MaxRpsOpt = None,
+    allow_instance_change: AllowInstanceChangeOpt = False,
+    ping_url: PingUrlOpt = None,
     clerk_secret_key: SecretKeyOpt = None,
     database_url: DatabaseUrlOpt = None,
     clerk_api_url: ApiUrlOpt = None,
@@ -244,45 +307,42 @@ def backfill(
     Example: clerk-sync backfill --dry-run
     """
     options = SyncOptions(
-        "backfill", dry_run=dry_run, page_size=batch_size, concurrency=concurrency
-    )
-    result = _run_sync(
         "backfill",
-        options,
-        clerk_secret_key=clerk_secret_key,
-        database_url=database_url,
-        clerk_api_url=clerk_api_url,
-        max_rps=max_rps,
-        json_out=json_out,
-        quiet=quiet,
-        prompt=False,
+        dry_run=dry_run,
+        page_size=batch_size,
+        concurrency=concurrency,
+        allow_instance_change=allow_instance_change,
     )
-    raise typer.Exit(int(result.exit_code()))
+    with _pinging(ping_url, json_out):
+        result = _run_sync(
+            "backfill",
+            options,
+            clerk_secret_key=clerk_secret_key,
+            database_url=database_url,
+            clerk_api_url=clerk_api_url,
+            max_rps=max_rps,
+            json_out=json_out,
+            quiet=quiet,
+            prompt=False,
+        )
+        raise typer.Exit(int(result.exit_code()))
 
 
 @app.command()
 def diff(
     dry_run: DryRunOpt = False,
-    yes: Annotated[
-        bool, typer.Option("--yes", "-y", help="Apply deactivations without asking.")
-    ] = False,
+    yes: YesOpt = False,
     exit_code: Annotated[
         bool, typer.Option("--exit-code", help="Exit 1 when drift was found (like git diff).")
     ] = False,
-    max_deactivations: Annotated[
-        int | None,
-        typer.Option(
-            "--max-deactivations",
-            min=0,
-            help="Allow up to N deactivations, overriding the safety limit "
-            "(more than 10 and more than 5% of active rows).",
-        ),
-    ] = None,
+    max_deactivations: MaxDeactivationsOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     batch_size: BatchSizeOpt = PAGE_LIMIT,
     concurrency: ConcurrencyOpt = 4,
     max_rps: MaxRpsOpt = None,
+    allow_instance_change: AllowInstanceChangeOpt = False,
+    ping_url: PingUrlOpt = None,
     clerk_secret_key: SecretKeyOpt = None,
     database_url: DatabaseUrlOpt = None,
     clerk_api_url: ApiUrlOpt = None,
@@ -298,19 +358,108 @@ def diff(
         page_size=batch_size,
         concurrency=concurrency,
         guard=DeactivationGuard(max_deactivations=max_deactivations),
+        allow_instance_change=allow_instance_change,
     )
-    result = _run_sync(
-        "diff",
-        options,
-        clerk_secret_key=clerk_secret_key,
-        database_url=database_url,
-        clerk_api_url=clerk_api_url,
-        max_rps=max_rps,
-        json_out=json_out,
-        quiet=quiet,
-        prompt=not yes,
+    with _pinging(ping_url, json_out):
+        result = _run_sync(
+            "diff",
+            options,
+            clerk_secret_key=clerk_secret_key,
+            database_url=database_url,
+            clerk_api_url=clerk_api_url,
+            max_rps=max_rps,
+            json_out=json_out,
+            quiet=quiet,
+            prompt=not yes,
+        )
+        raise typer.Exit(int(result.exit_code(fail_on_drift=exit_code)))
+
+
+@app.command("sync")
+def sync_command(
+    dry_run: DryRunOpt = False,
+    no_full: Annotated[
+        bool,
+        typer.Option(
+            "--no-full",
+            help="Never run the full reconcile; when one is needed, say so and exit 1.",
+        ),
+    ] = False,
+    overlap_minutes: Annotated[
+        float,
+        typer.Option(
+            "--overlap-minutes",
+            min=0,
+            help="Also re-read users changed this long before the last run's watermark "
+            "(clock skew, users changed during that run).",
+        ),
+    ] = 10,
+    yes: YesOpt = False,
+    max_deactivations: MaxDeactivationsOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    batch_size: BatchSizeOpt = PAGE_LIMIT,
+    concurrency: ConcurrencyOpt = 4,
+    max_rps: MaxRpsOpt = None,
+    allow_instance_change: AllowInstanceChangeOpt = False,
+    ping_url: PingUrlOpt = None,
+    clerk_secret_key: SecretKeyOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    clerk_api_url: ApiUrlOpt = None,
+) -> None:
+    """For cron, every few minutes: sync the users changed since the last run (newest first,
+    a page or two), and run the full reconcile only when it is needed (users deleted in
+    Clerk, or no full reconcile yet). Prints one line.
+
+    Example: clerk-sync sync --quiet --ping-url https://hc-ping.com/<uuid>
+    """
+    options = SyncOptions(
+        "sync",
+        dry_run=dry_run,
+        deactivate=True,
+        page_size=batch_size,
+        concurrency=concurrency,
+        guard=DeactivationGuard(max_deactivations=max_deactivations),
+        resume=False,
+        allow_instance_change=allow_instance_change,
+        incremental=True,
+        overlap_s=overlap_minutes * 60,
+        full=not no_full,
     )
-    raise typer.Exit(int(result.exit_code(fail_on_drift=exit_code)))
+    with _pinging(ping_url, json_out):
+        result = _run_sync(
+            "sync",
+            options,
+            clerk_secret_key=clerk_secret_key,
+            database_url=database_url,
+            clerk_api_url=clerk_api_url,
+            max_rps=max_rps,
+            json_out=json_out,
+            quiet=quiet,
+            prompt=not yes,
+        )
+        raise typer.Exit(int(result.exit_code()))
+
+
+@app.command()
+def status(
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=1000, help="How many runs to show.")
+    ] = 10,
+    json_out: JsonOpt = False,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Show the last runs, the last successful full reconcile, the pinned Clerk instance, and
+    whether a run is in progress or was left stale. Reads the database only; exits 0.
+
+    Example: clerk-sync status --json
+    """
+    reporter = Reporter(json_mode=json_out)
+    holder: list[Settings] = []
+    with handle_errors(reporter, "status", holder), ExitStack() as stack:
+        settings = _settings(holder, reporter, database_url=database_url)
+        store = _store(stack, settings)
+        reporter.status(collect_status(store, limit=limit))
 
 
 @app.command()
@@ -321,6 +470,7 @@ def user(
     apply: Annotated[bool, typer.Option("--apply", help="Sync just this user now.")] = False,
     json_out: JsonOpt = False,
     max_rps: MaxRpsOpt = None,
+    allow_instance_change: AllowInstanceChangeOpt = False,
     clerk_secret_key: SecretKeyOpt = None,
     database_url: DatabaseUrlOpt = None,
     clerk_api_url: ApiUrlOpt = None,
@@ -341,7 +491,9 @@ def user(
         )
         client = _clerk(stack, settings, max_rps)
         store = _store(stack, settings)
-        report = inspect_user(client, store, clerk_id, apply=apply)
+        report = inspect_user(
+            client, store, clerk_id, apply=apply, allow_instance_change=allow_instance_change
+        )
         reporter.user_report(report)
     if not report.found:
         raise typer.Exit(int(ExitCode.DRIFT))

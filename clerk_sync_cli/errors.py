@@ -13,7 +13,8 @@ from enum import IntEnum
 
 class ExitCode(IntEnum):
     OK = 0
-    DRIFT = 1  # drift found with --exit-code, or `user` found the id nowhere
+    DRIFT = 1  # drift found with --exit-code, `user` found the id nowhere, or `sync --no-full`
+    #            found that a full reconcile is needed
     CONFIG = 2  # usage or configuration (missing setting, rejected key, missing table)
     REFUSED = 3  # a safety guard refused to act
     PARTIAL = 4  # some users could not be synced; they are listed
@@ -79,6 +80,10 @@ class RefusedError(ClerkSyncError):
 
 class LockHeldError(RefusedError):
     """Another run holds the lock (or took it over from this one)."""
+
+
+class InstanceMismatchError(RefusedError):
+    """The secret key belongs to another Clerk instance than the one that filled the table."""
 
 
 class RetriableError(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID
 
@@ -19,8 +19,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from clerk_sync_cli.errors import ClerkSyncError
+from clerk_sync_cli.history import RunRecord
 from clerk_sync_cli.plan import ACTIONS, Action, Change
-from clerk_sync_cli.sync import SyncResult, UserReport
+from clerk_sync_cli.sync import StatusReport, SyncResult, UserReport
 
 SAMPLE = 20  # changes and warnings shown in the human report
 
@@ -62,6 +63,105 @@ def sync_json(result: SyncResult) -> dict[str, Any]:
         "refusal": result.refusal,
         "notes": result.notes,
         "duration_s": round(result.duration_s, 3),
+        **(_sync_extra(result) if result.mode is not None else {}),
+    }
+
+
+def _sync_extra(result: SyncResult) -> dict[str, Any]:
+    """What ``sync --json`` adds to the document of ``backfill`` and ``diff``."""
+    return {
+        "mode": result.mode,
+        "watermark": {
+            "previous_ms": result.previous_watermark_ms,
+            "since_ms": result.since_ms,
+            "pages": result.pages,
+            "recorded_ms": result.watermark_ms,
+        },
+        "full_reconcile": {
+            "needed": result.full_reason is not None,
+            "ran": result.mode == "full",
+            "reason": result.full_reason,
+        },
+        "run_id": result.run_id,
+        "requests": result.requests,
+    }
+
+
+def _ms_iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def run_json(run: RunRecord, shown: str | None = None) -> dict[str, Any]:
+    """One run of the history, as ``status --json`` lists it."""
+    summary = run.summary
+    duration = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
+    return {
+        "id": run.id,
+        "command": run.command,
+        "dry_run": run.dry_run,
+        "status": shown or run.status,
+        "recorded_status": run.status,
+        "mode": summary.get("mode"),
+        "started_at": run.started_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "duration_s": None if duration is None else round(duration, 3),
+        "instance_id": run.instance_id,
+        "environment_type": run.environment_type,
+        "host": run.host,
+        "pid": run.pid,
+        "counts": summary.get("counts"),
+        "applied": summary.get("applied"),
+        "drift": run.drift,
+        "failures": summary.get("failures"),
+        "refusal": summary.get("refusal"),
+        "full_reason": summary.get("full_reason"),
+        "error": summary.get("error"),
+        "watermark_ms": run.watermark_ms,
+    }
+
+
+def status_json(report: StatusReport) -> dict[str, Any]:
+    """The ``--json`` document of ``status`` (the contract in the README)."""
+    lock = report.lock
+    pin = report.pin
+    finished = [(run, shown) for run, shown in report.runs if shown in ("ok", "partial", "refused")]
+    return {
+        "command": "status",
+        "status": "ok",
+        "in_progress": report.in_progress,
+        "lock": {
+            "state": lock.state,
+            "run_id": lock.run_id,
+            "host": lock.host,
+            "pid": lock.pid,
+            "heartbeat_age_s": None
+            if lock.heartbeat_age_s is None
+            else round(lock.heartbeat_age_s, 1),
+        },
+        "instance": None
+        if pin is None
+        else {
+            "id": pin.instance.id,
+            "environment_type": pin.instance.environment_type,
+            "pinned_at": pin.pinned_at.isoformat(),
+            "pinned_by_run": pin.run_id,
+        },
+        "watermark": None
+        if report.state.watermark_ms is None
+        else {
+            "updated_at_ms": report.state.watermark_ms,
+            "updated_at": _ms_iso(report.state.watermark_ms),
+        },
+        "last_full_reconcile": None if report.last_full is None else run_json(report.last_full),
+        "last_drift": None
+        if not finished
+        else {
+            "run_id": finished[0][0].id,
+            "command": finished[0][0].command,
+            "drift": finished[0][0].drift,
+            "counts": finished[0][0].summary.get("counts"),
+        },
+        "runs": [run_json(run, shown) for run, shown in report.runs],
     }
 
 
@@ -82,6 +182,10 @@ def user_json(report: UserReport) -> dict[str, Any]:
         "applied": report.applied,
         "problem": report.problem,
     }
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _fmt(value: Any) -> str:
@@ -154,6 +258,13 @@ class Reporter:
         if self.quiet:
             self.out.print(self._summary_line(result))
             return
+        if result.mode is not None:  # sync: made for cron, one line; why, on stderr
+            for note in result.notes:
+                self.err.print(f"note: {escape(note)}")
+            if result.refusal:
+                self.err.print(f"[bold red]refused:[/] {escape(result.refusal)}")
+            self.out.print(self._summary_line(result))
+            return
         title = f"clerk-sync {result.command}" + (
             " (dry run: nothing written)" if result.dry_run else ""
         )
@@ -210,7 +321,19 @@ class Reporter:
     def _summary_line(result: SyncResult) -> str:
         counts = " ".join(f"{a.value}={result.counts[a]}" for a in ACTIONS)
         mode = "dry-run " if result.dry_run else ""
-        return f"{result.command}: {mode}{result.status} · {counts} · {result.duration_s:.1f}s"
+        if result.mode is None:
+            return f"{result.command}: {mode}{result.status} · {counts} · {result.duration_s:.1f}s"
+        how = {
+            "watermark": f"changed since the last run ({result.pages} page(s))",
+            "full": f"full reconcile: {result.full_reason}",
+            "none": "read nothing",
+        }[result.mode]
+        if result.full_needed:
+            how += f" · full reconcile needed: {result.full_reason}"
+        return (
+            f"{result.command}: {mode}{result.status} · {how} · {counts} · "
+            f"{result.requests} requests · {result.duration_s:.1f}s"
+        )
 
     def user_report(self, report: UserReport) -> None:
         if self.json_mode:
@@ -265,6 +388,66 @@ class Reporter:
         for name in applied:
             self.out.print(f"applied {name}")
         self.out.print(f"Schema ready in {target}.")
+
+    def status(self, report: StatusReport) -> None:
+        if self.json_mode:
+            self.document(status_json(report))
+            return
+        lock = report.lock
+        if lock.state == "free":
+            self.out.print("Lock: free (no run in progress).")
+        else:
+            age = f"{lock.heartbeat_age_s:.0f}s" if lock.heartbeat_age_s is not None else "?"
+            who = f"run {lock.run_id} (pid {lock.pid} on {lock.host}), last heard from {age} ago"
+            if lock.state == "held":
+                self.out.print(f"Lock: held by {escape(who)}: a run is in progress.")
+            else:
+                self.out.print(
+                    f"Lock: [bold yellow]stale[/], {escape(who)}: it stopped; "
+                    "the next run takes the lock over."
+                )
+        pin = report.pin
+        self.out.print(
+            "Clerk instance: not pinned yet (the first writing run pins it)."
+            if pin is None
+            else f"Clerk instance: {escape(pin.instance.describe())}, pinned {_when(pin.pinned_at)}."
+        )
+        full = report.last_full
+        self.out.print(
+            "Last full reconcile: none yet."
+            if full is None
+            else f"Last full reconcile: run {full.id} ({full.command}), {full.status}, "
+            f"finished {_when(full.finished_at)}."
+        )
+        if report.state.watermark_ms is not None:
+            mark = datetime.fromtimestamp(report.state.watermark_ms / 1000, UTC)
+            self.out.print(f"Watermark: users changed up to {_when(mark)} are synced.")
+        if not report.runs:
+            self.out.print("No runs yet.")
+            return
+        table = Table(title="Last runs", title_justify="left")
+        for name in ("id", "command", "started", "took", "status", "drift", "note"):
+            table.add_column(name, justify="right" if name in ("id", "took", "drift") else "left")
+        for run, shown in report.runs:
+            took = (
+                f"{(run.finished_at - run.started_at).total_seconds():.1f}s"
+                if run.finished_at
+                else "-"
+            )
+            command = run.command + (" (dry run)" if run.dry_run else "")
+            if run.summary.get("mode"):
+                command += f" [{run.summary['mode']}]"
+            note = run.summary.get("error") or run.summary.get("refusal") or ""
+            table.add_row(
+                str(run.id),
+                escape(command),
+                _when(run.started_at),
+                took,
+                shown,
+                str(run.drift),
+                escape(str(note)[:80]),
+            )
+        self.out.print(table)
 
     # -- demo and emulator -----------------------------------------------------------------------
 

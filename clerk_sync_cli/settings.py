@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     clerk_sync_settings_table: str = Field(
         default="user_monitoring_settings", min_length=1, max_length=63
     )
+    #: Pinged after each run (healthchecks.io style); a secret, since its path is the token.
+    clerk_sync_ping_url: SecretStr | None = None
 
     def secrets(self) -> list[str]:
         """Every secret value these settings hold, for scrubbing unexpected messages."""
@@ -57,6 +59,8 @@ class Settings(BaseSettings):
             if password.get("password"):
                 found.append(str(password["password"]))
             found.append(self.database_url.get_secret_value())
+        if self.clerk_sync_ping_url is not None:
+            found.append(self.clerk_sync_ping_url.get_secret_value())
         return [s for s in found if s]
 
     def secret_key(self) -> SecretStr:

@@ -32,6 +32,14 @@ from clerk_sync_cli.errors import (
     RefusedError,
     SchemaError,
 )
+from clerk_sync_cli.history import (
+    FULL_COMMANDS,
+    Baseline,
+    Instance,
+    Pin,
+    RunRecord,
+    SyncState,
+)
 from clerk_sync_cli.mapping import SYNCED_FIELDS, ColumnLimits, UserRow
 from clerk_sync_cli.plan import DbUser
 from clerk_sync_cli.settings import describe_dsn
@@ -74,6 +82,14 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_alive(host: str | None, pid: int | None) -> bool:
+    """False only when the process is known to be gone: it ran on this host and is no more.
+    A process on another host (or unknown) is presumed alive."""
+    if host != socket.gethostname() or pid is None:
+        return True
+    return _process_alive(pid)
 
 
 def connect(dsn: str, *, application_name: str = "clerk-sync") -> psycopg.Connection[Any]:
@@ -293,15 +309,7 @@ class Store:
             (users_reg, t.settings),
         )
         has_trigger = bool(_one(cur)[0])
-        cur.execute(
-            "SELECT to_regclass('clerk_sync.runs') IS NOT NULL "
-            "AND to_regclass('clerk_sync.locks') IS NOT NULL"
-        )
-        if not _one(cur)[0]:
-            raise SchemaError(
-                f'clerk-sync\'s own tables in schema "{STATE_SCHEMA}" do not exist.',
-                "Run `clerk-sync init-db` once (it never changes existing tables).",
-            )
+        self._check_state_schema(cur)
         limits = ColumnLimits(
             **{name: columns.get(name) for name in ColumnLimits.__dataclass_fields__}
         )
@@ -312,21 +320,78 @@ class Store:
     def _qualified(self, name: str) -> str:
         return sql.Identifier(self.tables.schema, name).as_string(self.conn)
 
+    def check_state_schema(self) -> None:
+        """clerk-sync's own tables exist and are current (``status`` reads only those)."""
+        self.atomic(self._check_state_schema)
+
+    def _check_state_schema(self, cur: Cursor) -> None:
+        cur.execute(
+            "SELECT to_regclass('clerk_sync.runs') IS NOT NULL "
+            "AND to_regclass('clerk_sync.locks') IS NOT NULL"
+        )
+        if not _one(cur)[0]:
+            raise SchemaError(
+                f'clerk-sync\'s own tables in schema "{STATE_SCHEMA}" do not exist.',
+                "Run `clerk-sync init-db` once (it never changes existing tables).",
+            )
+        cur.execute(
+            "SELECT to_regclass('clerk_sync.instance') IS NOT NULL AND EXISTS ("
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = 'clerk_sync' "
+            "AND table_name = 'runs' AND column_name = 'watermark_ms')"
+        )
+        if not _one(cur)[0]:
+            raise SchemaError(
+                f'clerk-sync\'s own tables in schema "{STATE_SCHEMA}" are from an older version.',
+                "Run `clerk-sync init-db` once to add what is new (it never changes your tables).",
+            )
+
     # -- runs, lock, checkpoints --------------------------------------------------------------
 
     def start_run(self, command: str, dry_run: bool) -> int:
+        """Record a run as running, and where it runs (host, pid)."""
+
         def insert(cur: Cursor) -> int:
             cur.execute(
-                "INSERT INTO clerk_sync.runs (command, dry_run, status) "
-                "VALUES (%s, %s, 'running') RETURNING id",
-                (command, dry_run),
+                "INSERT INTO clerk_sync.runs (command, dry_run, status, host, pid) "
+                "VALUES (%s, %s, 'running', %s, %s) RETURNING id",
+                (command, dry_run, socket.gethostname(), os.getpid()),
             )
             return int(_one(cur)[0])
 
         return self.atomic(insert)
 
+    def set_run_instance(self, run_id: int, instance: Instance) -> None:
+        """Record which Clerk instance the run reads."""
+
+        def update(cur: Cursor) -> None:
+            cur.execute(
+                "UPDATE clerk_sync.runs SET instance_id = %s, environment_type = %s WHERE id = %s",
+                (instance.id, instance.environment_type, run_id),
+            )
+
+        self.atomic(update)
+
+    def run_started_ms(self, run_id: int) -> int:
+        """When the run (first) started, in ms since the epoch, by the database's clock."""
+
+        def read(cur: Cursor) -> int:
+            cur.execute(
+                "SELECT (extract(epoch FROM started_at) * 1000)::bigint "
+                "FROM clerk_sync.runs WHERE id = %s",
+                (run_id,),
+            )
+            return int(_one(cur)[0])
+
+        return self.atomic(read)
+
     def finish_run(
-        self, run_id: int, status: str, summary: dict[str, Any], *, resumable: bool = False
+        self,
+        run_id: int,
+        status: str,
+        summary: dict[str, Any],
+        *,
+        resumable: bool = False,
+        watermark_ms: int | None = None,
     ) -> None:
         """Record how the run ended and release its lock. Unless ``resumable`` (an interrupted
         run the next one continues), its scratch rows and checkpoints are dropped."""
@@ -334,8 +399,9 @@ class Store:
         def finish(cur: Cursor) -> None:
             cur.execute(
                 "UPDATE clerk_sync.runs SET status = %s, finished_at = now(), "
-                "summary = coalesce(summary, '{}'::jsonb) || %s WHERE id = %s",
-                (status, Jsonb(summary), run_id),
+                "summary = coalesce(summary, '{}'::jsonb) || %s, "
+                "watermark_ms = coalesce(%s, watermark_ms) WHERE id = %s",
+                (status, Jsonb(summary), watermark_ms, run_id),
             )
             if not resumable:
                 cur.execute("DELETE FROM clerk_sync.run_seen WHERE run_id = %s", (run_id,))
@@ -490,6 +556,93 @@ class Store:
             return int(_one(cur)[0])
 
         return self.atomic(count)
+
+    # -- instance pin and history ---------------------------------------------------------------
+
+    def pinned_instance(self) -> Pin | None:
+        def read(cur: Cursor) -> Pin | None:
+            cur.execute(
+                "SELECT instance_id, environment_type, pinned_at, pinned_by_run "
+                "FROM clerk_sync.instance"
+            )
+            row = cur.fetchone()
+            return Pin(Instance(row[0], row[1]), row[2], row[3]) if row else None
+
+        return self.atomic(read)
+
+    def pin_instance(self, instance: Instance, run_id: int | None, *, replace: bool) -> None:
+        """Pin ``instance``; an existing pin is kept unless ``replace``."""
+        action = (
+            "DO UPDATE SET instance_id = EXCLUDED.instance_id, "
+            "environment_type = EXCLUDED.environment_type, pinned_at = now(), "
+            "pinned_by_run = EXCLUDED.pinned_by_run"
+            if replace
+            else "DO NOTHING"
+        )
+
+        def pin(cur: Cursor) -> None:
+            cur.execute(
+                "INSERT INTO clerk_sync.instance (instance_id, environment_type, pinned_by_run) "
+                "VALUES (%s, %s, %s) ON CONFLICT (singleton) " + action,
+                (instance.id, instance.environment_type, run_id),
+            )
+
+        self.atomic(pin)
+
+    def sync_state(self, instance_id: str) -> SyncState:
+        """The newest watermark and full-reconcile baseline recorded against this instance."""
+
+        def read(cur: Cursor) -> SyncState:
+            cur.execute(
+                "SELECT watermark_ms FROM clerk_sync.runs WHERE instance_id = %s "
+                "AND NOT dry_run AND watermark_ms IS NOT NULL ORDER BY id DESC LIMIT 1",
+                (instance_id,),
+            )
+            mark = cur.fetchone()
+            cur.execute(
+                "SELECT (summary->'baseline'->>'table_rows')::bigint, "
+                "(summary->'baseline'->>'clerk_users')::bigint FROM clerk_sync.runs "
+                "WHERE instance_id = %s AND NOT dry_run AND summary ? 'baseline' "
+                "ORDER BY id DESC LIMIT 1",
+                (instance_id,),
+            )
+            base = cur.fetchone()
+            return SyncState(
+                watermark_ms=int(mark[0]) if mark else None,
+                baseline=Baseline(int(base[0]), int(base[1])) if base else None,
+            )
+
+        return self.atomic(read)
+
+    _RUN_COLUMNS = (
+        "id, command, dry_run, status, started_at, finished_at, coalesce(summary, '{}'::jsonb), "
+        "instance_id, environment_type, host, pid, watermark_ms"
+    )
+
+    def recent_runs(self, limit: int) -> list[RunRecord]:
+        def read(cur: Cursor) -> list[RunRecord]:
+            cur.execute(
+                f"SELECT {self._RUN_COLUMNS} FROM clerk_sync.runs ORDER BY id DESC LIMIT %s",
+                (limit,),
+            )
+            return [RunRecord(*row) for row in cur.fetchall()]
+
+        return self.atomic(read)
+
+    def last_full_reconcile(self) -> RunRecord | None:
+        """The newest full reconcile that was not a dry run and completed (ok or partial)."""
+
+        def read(cur: Cursor) -> RunRecord | None:
+            cur.execute(
+                f"SELECT {self._RUN_COLUMNS} FROM clerk_sync.runs WHERE NOT dry_run "
+                "AND status IN ('ok', 'partial') "
+                "AND (command = ANY(%s) OR summary->>'mode' = 'full') ORDER BY id DESC LIMIT 1",
+                (list(FULL_COMMANDS),),
+            )
+            row = cur.fetchone()
+            return RunRecord(*row) if row else None
+
+        return self.atomic(read)
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -3,6 +3,11 @@ transaction, and deactivate only what Clerk confirms is gone. Client and store a
 
 A writing run holds the one writer lock and checkpoints, per ``created_at`` window, the last
 user whose page is committed; a run that crashed or was interrupted is resumed from there.
+
+Every run reads which Clerk instance its key belongs to; the first writing run pins it, and a
+run against another instance refuses. ``sync`` reads only the users changed since the last
+run's watermark (newest change first) and runs the full reconcile when Clerk's count says
+users were deleted (see :mod:`clerk_sync_cli.history`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,22 @@ from clerk_sync_cli.errors import (
     ClerkUnavailableError,
     DatabaseUnavailableError,
     ExitCode,
+    InstanceMismatchError,
     LockHeldError,
+)
+from clerk_sync_cli.history import (
+    Baseline,
+    Counts,
+    Instance,
+    LockInfo,
+    Pin,
+    RunRecord,
+    SyncState,
+    decide_pin,
+    full_reconcile_reason,
+    lock_state,
+    next_watermark,
+    run_state,
 )
 from clerk_sync_cli.mapping import FieldWarning, MappedUser, RejectedUser, UserRow, map_user
 from clerk_sync_cli.plan import (
@@ -39,7 +59,7 @@ from clerk_sync_cli.plan import (
     plan_deactivation,
     plan_user,
 )
-from clerk_sync_cli.store import Cursor, SchemaInfo, Store
+from clerk_sync_cli.store import Cursor, SchemaInfo, Store, process_alive
 
 WRITES = (Action.CREATE, Action.UPDATE, Action.REACTIVATE, Action.SETTINGS_MISSING)
 
@@ -76,6 +96,12 @@ class SyncOptions:
     changes_cap: int = 1000
     stale_after_s: float = 600.0  # a lock holder silent this long is presumed dead
     resume: bool = True
+    allow_instance_change: bool = False  # re-pin to the key's instance instead of refusing
+    # `sync`: read only the users changed since the watermark, newest first ...
+    incremental: bool = False
+    overlap_s: float = 600.0  # ... reaching this far below the watermark,
+    max_recent_pages: int = 20  # ... for at most this many pages (then the full walk),
+    full: bool = True  # ... and run the full reconcile when it is needed (else report it)
 
 
 @dataclass(frozen=True)
@@ -104,6 +130,22 @@ class SyncResult:
     duration_s: float = 0.0
     changes_cap: int = 1000
     requests: int = 0
+    # history and `sync`
+    mode: str | None = None  # sync: watermark | full | none (read nothing)
+    full_reason: str | None = None  # sync: why the full reconcile ran (or is needed)
+    since_ms: int | None = None  # sync: read users changed at or after this (watermark - overlap)
+    pages: int = 0  # sync: pages of the newest-changed-first walk
+    newest_ms: int | None = None  # the newest updated_at read
+    walk_complete: bool = False  # every user the walk had to read was read
+    walk_failures: int = 0  # users read but not written (rejected or refused by the database)
+    baseline: Baseline | None = None  # after a full reconcile: table rows and Clerk's count
+    watermark_ms: int | None = None  # recorded for the next sync
+    previous_watermark_ms: int | None = None
+
+    @property
+    def full_needed(self) -> bool:
+        """A full reconcile is needed and did not run (``sync --no-full``)."""
+        return self.full_reason is not None and self.mode != "full"
 
     @property
     def drift(self) -> bool:
@@ -120,13 +162,15 @@ class SyncResult:
             return ExitCode.REFUSED
         if self.status == "partial":
             return ExitCode.PARTIAL
+        if self.full_needed:
+            return ExitCode.DRIFT
         if fail_on_drift and self.drift:
             return ExitCode.DRIFT
         return ExitCode.OK
 
     def summary(self) -> dict[str, Any]:
         """What the run history keeps."""
-        return {
+        summary: dict[str, Any] = {
             "clerk_users": self.clerk_users,
             "db_users": self.db_users,
             "counts": {a.value: self.counts[a] for a in ACTIONS},
@@ -136,16 +180,26 @@ class SyncResult:
             "requests": self.requests,
             "duration_s": round(self.duration_s, 3),
         }
+        if self.mode is not None:
+            summary.update(mode=self.mode, full_reason=self.full_reason, pages=self.pages)
+        if self.baseline is not None:
+            summary["baseline"] = {
+                "table_rows": self.baseline.table_rows,
+                "clerk_users": self.baseline.clerk_users,
+            }
+        return summary
 
 
 @dataclass
 class _Run:
-    """The bookkeeping of one run: its id, whether it holds the lock, what to walk."""
+    """The bookkeeping of one run: its id, whether it holds the lock, what to walk (None:
+    not planned yet), and whether a later run may resume it from its checkpoints."""
 
     id: int
     locked: bool
-    todo: list[tuple[Window, str | None]]
+    todo: list[tuple[Window, str | None]] | None = None
     resumed: bool = False
+    resumable: bool = True
 
 
 def reconcile(
@@ -156,7 +210,9 @@ def reconcile(
     progress: Progress | None = None,
     confirm: Confirm | None = None,
 ) -> SyncResult:
-    """Make the table match Clerk: ``backfill`` (no deactivation) or ``diff`` (full)."""
+    """Make the table match Clerk: ``backfill`` (no deactivation), ``diff`` (full), or
+    ``sync`` (``options.incremental``: the users changed since the last run, then the full
+    reconcile only when it is needed)."""
     started = time.monotonic()
     progress = progress or NoProgress()
     result = SyncResult(options.command, options.dry_run, changes_cap=options.changes_cap)
@@ -166,30 +222,40 @@ def reconcile(
             "This role cannot read the settings table; missing settings rows are not checked."
         )
     result.db_users, active_rows = store.count_active()
-    listed_before = client.count_users()
-    run = _begin(client, store, options, listed_before, result)
+    run = _begin(store, options, result)
     result.run_id = run.id
     try:
-        progress.start(listed_before)
-        rejected = _walk(client, store, schema, run, options, result, progress)
-        progress.finish()
-        result.clerk_users = store.seen_count(run.id)
-        if options.deactivate:
-            listed_after = client.count_users()
-            reason = _incomplete_listing(result.clerk_users, rejected, listed_before, listed_after)
-            if run.resumed:
-                result.notes.append("Resumed an interrupted run: counts cover this part only.")
-            if reason:
-                result.notes.append(f"Deactivation skipped: {reason}")
-                result.failures.append(Failure(None, f"deactivation skipped: {reason}"))
-            else:
-                _deactivate(client, store, run, options, result, active_rows, confirm)
+        instance = _check_instance(client, store, run, options, result)
+        listed_before = client.count_users()
+        full = True
+        if options.incremental:
+            full = _sync_recent(
+                client, store, schema, run, options, result, instance, listed_before
+            )
+        if full:
+            _full_pass(
+                client,
+                store,
+                schema,
+                run,
+                options,
+                result,
+                progress,
+                listed_before,
+                active_rows,
+                confirm,
+            )
     except BaseException as exc:
         progress.finish()
         interrupted = isinstance(
             exc, ClerkUnavailableError | DatabaseUnavailableError | KeyboardInterrupt
         )
-        result.status = "interrupted" if interrupted and run.locked else "failed"
+        if isinstance(exc, InstanceMismatchError):
+            result.status, result.refusal = "refused", exc.message
+        elif interrupted and run.locked and run.resumable and run.todo is not None:
+            result.status = "interrupted"  # the next run resumes from the checkpoints
+        else:
+            result.status = "failed"
         result.duration_s = time.monotonic() - started
         result.requests = client.requests
         message = exc.message if isinstance(exc, ClerkSyncError) else type(exc).__name__
@@ -203,13 +269,11 @@ def reconcile(
     return result
 
 
-def _begin(
-    client: ClerkClient, store: Store, options: SyncOptions, listed: int, result: SyncResult
-) -> _Run:
-    """Start (or resume) the run: take the lock when it writes, and plan its windows."""
+def _begin(store: Store, options: SyncOptions, result: SyncResult) -> _Run:
+    """Start (or resume) the run; take the lock when it writes. A resumed run gets the
+    windows left to walk from its checkpoints."""
     if options.dry_run:
-        run_id = store.start_run(options.command, True)
-        return _Run(run_id, False, [(w, None) for w in _plan_windows(client, options, listed)])
+        return _Run(store.start_run(options.command, True), False, resumable=False)
     resumable = store.resumable_run(options.command) if options.resume else None
     run_id = resumable or store.start_run(options.command, False)
     try:
@@ -228,9 +292,144 @@ def _begin(
         return _Run(
             run_id, True, [(w, cursor) for w, cursor, done in saved if not done], resumed=True
         )
-    windows = _plan_windows(client, options, listed)
-    store.save_windows(run_id, windows)
-    return _Run(run_id, True, [(w, None) for w in windows])
+    return _Run(run_id, True, resumable=options.resume)
+
+
+def _check_instance(
+    client: ClerkClient, store: Store, run: _Run, options: SyncOptions, result: SyncResult
+) -> Instance:
+    """Record which Clerk instance the key belongs to; refuse one other than the pinned
+    instance; pin it on the first writing run."""
+    instance = Instance.from_clerk(client.get_instance())
+    store.set_run_instance(run.id, instance)
+    pin = store.pinned_instance()
+    decision = decide_pin(
+        pin.instance if pin else None,
+        instance,
+        allow_change=options.allow_instance_change,
+        dry_run=options.dry_run,
+    )
+    if decision.refusal:
+        raise InstanceMismatchError(decision.refusal, INSTANCE_HINT)
+    if decision.write:
+        store.pin_instance(instance, run.id, replace=decision.write == "repin")
+    if decision.note:
+        result.notes.append(decision.note)
+    return instance
+
+
+INSTANCE_HINT = (
+    "Nothing was changed. Check CLERK_SECRET_KEY is the key of the instance that filled the "
+    "table; if the table really belongs to the new instance now, rerun with "
+    "--allow-instance-change (it re-pins)."
+)
+
+
+def _sync_recent(
+    client: ClerkClient,
+    store: Store,
+    schema: SchemaInfo,
+    run: _Run,
+    options: SyncOptions,
+    result: SyncResult,
+    instance: Instance,
+    listed_before: int,
+) -> bool:
+    """``sync``: write the users changed since the last watermark, then tell whether the full
+    reconcile must follow (and may: not ``--no-full``)."""
+    state = store.sync_state(instance.id)
+    result.previous_watermark_ms = state.watermark_ms
+    reason = full_reconcile_reason(state)
+    result.mode = "none"
+    if state.watermark_ms is not None and (reason is None or not options.full):
+        result.mode = "watermark"
+        result.since_ms = state.watermark_ms - round(options.overlap_s * 1000)
+        result.walk_complete = _walk_recent(client, store, schema, run, options, result)
+        if not result.walk_complete:
+            reason = (
+                f"more than {options.max_recent_pages} pages of users changed since the last "
+                "run; the full walk reads them more cheaply"
+            )
+        elif reason is None:
+            # users this run found missing but did not write (a dry run, or refused by the
+            # database) are Clerk's users all the same: count their rows as if written
+            unwritten = result.counts[Action.CREATE] - result.applied[Action.CREATE]
+            counts = Counts(
+                listed_before, store.count_active()[0] + unwritten, client.count_users()
+            )
+            result.clerk_users = counts.clerk_after
+            reason = full_reconcile_reason(state, counts)
+    result.full_reason = reason
+    if reason is None:
+        return False
+    if options.full:
+        result.mode = "full"
+        return True
+    result.notes.append(
+        "A full reconcile is needed: run `clerk-sync sync` without --no-full, or `clerk-sync diff`."
+    )
+    return False
+
+
+def _walk_recent(
+    client: ClerkClient,
+    store: Store,
+    schema: SchemaInfo,
+    run: _Run,
+    options: SyncOptions,
+    result: SyncResult,
+) -> bool:
+    """Write the users changed since ``result.since_ms``, newest first, a page per unit of
+    work. Returns whether the walk reached that far back (not stopped by the page limit)."""
+    assert result.since_ms is not None
+    reached = False
+    pages = client.walk_recent(
+        result.since_ms, limit=options.page_size, max_pages=options.max_recent_pages
+    )
+    for page in pages:
+        result.pages += 1
+        _write_page(store, schema, run, options, result, page.users)
+        reached = page.done
+    return reached
+
+
+def _full_pass(
+    client: ClerkClient,
+    store: Store,
+    schema: SchemaInfo,
+    run: _Run,
+    options: SyncOptions,
+    result: SyncResult,
+    progress: Progress,
+    listed_before: int,
+    active_rows: int,
+    confirm: Confirm | None,
+) -> None:
+    """Walk the whole list (the windows left, when resumed); then, with ``deactivate``,
+    deactivate what Clerk confirms is gone and record the baseline ``sync`` compares with."""
+    if run.todo is None:
+        windows = _plan_windows(client, options, listed_before)
+        if run.locked:
+            store.save_windows(run.id, windows)
+        run.todo = [(w, None) for w in windows]
+    progress.start(listed_before)
+    rejected = _walk(client, store, schema, run, options, result, progress)
+    progress.finish()
+    result.walk_complete = True
+    result.clerk_users = store.seen_count(run.id)
+    if not options.deactivate:
+        return
+    listed_after = client.count_users()
+    reason = _incomplete_listing(result.clerk_users, rejected, listed_before, listed_after)
+    if run.resumed:
+        result.notes.append("Resumed an interrupted run: counts cover this part only.")
+    if reason:
+        result.notes.append(f"Deactivation skipped: {reason}")
+        result.failures.append(Failure(None, f"deactivation skipped: {reason}"))
+        return
+    _deactivate(client, store, run, options, result, active_rows, confirm)
+    if result.status != "refused" and not options.dry_run:
+        result.baseline = Baseline(store.count_active()[0], listed_after)
 
 
 def _plan_windows(client: ClerkClient, options: SyncOptions, listed: int) -> list[Window]:
@@ -254,10 +453,22 @@ def _finish(
     if error:
         summary["error"] = error
     try:
-        store.finish_run(run.id, result.status, summary, resumable=resumable)
+        if error is None and _trusted_walk(result):
+            result.watermark_ms = next_watermark(
+                result.previous_watermark_ms, result.newest_ms, store.run_started_ms(run.id)
+            )
+        store.finish_run(
+            run.id, result.status, summary, resumable=resumable, watermark_ms=result.watermark_ms
+        )
     except ClerkSyncError:
         if error is None:
             raise
+
+
+def _trusted_walk(result: SyncResult) -> bool:
+    """Whether every user the walk had to read was read and written: only then may the next
+    ``sync`` start from what this run saw. A user that failed is read again next time."""
+    return not result.dry_run and result.walk_complete and not result.walk_failures
 
 
 def _walk(
@@ -271,54 +482,80 @@ def _walk(
 ) -> int:
     """Page through Clerk; plan and write each page in one transaction. Returns the number
     of listed users that could not be read (rejected)."""
+    assert run.todo is not None
     rejected = 0
     pages = walk_concurrently(
         client, run.todo, concurrency=options.concurrency, limit=options.page_size
     )
     for page in pages:
-        rows: dict[str, UserRow] = {}
-        for raw in page.users:
-            mapped = map_user(raw, schema.limits)
-            if isinstance(mapped, RejectedUser):
-                rejected += 1
-                result.failures.append(Failure(mapped.clerk_id, mapped.problem))
-                continue
-            assert isinstance(mapped, MappedUser)
-            if mapped.row.clerk_id not in rows:
-                rows[mapped.row.clerk_id] = mapped.row
-                result.warnings.extend(mapped.warnings)
 
-        def unit(
-            cur: Cursor, page: Page = page, rows: dict[str, UserRow] = rows
-        ) -> tuple[list[Change], Counter[Action], list[Failure]]:
-            fresh, existing = store.see_and_fetch(
-                cur, run.id, list(rows), can_read_settings=schema.can_read_settings
-            )
-            changes = [
-                change
-                for clerk_id in rows
-                if clerk_id in fresh
-                for change in plan_user(rows[clerk_id], existing.get(clerk_id))
-            ]
-            applied: Counter[Action] = Counter()
-            failures: list[Failure] = []
-            writes = [c for c in changes if c.action in WRITES]
-            if writes and not options.dry_run:
-                _apply(store, cur, schema, writes, applied, failures)
-            if run.locked:
-                store.heartbeat(cur, run.id)
-                store.checkpoint(cur, run.id, page.window.no, page.cursor, page.last)
-            return changes, applied, failures
+        def checkpoint(cur: Cursor, page: Page = page) -> None:
+            store.checkpoint(cur, run.id, page.window.no, page.cursor, page.last)
 
-        changes, applied, failures = store.atomic(unit)
-        result.record(changes)
-        result.applied.update(applied)
-        result.failures.extend(failures)
+        rejected += _write_page(store, schema, run, options, result, page.users, checkpoint)
         progress.advance(len(page.users))
     if client.offset_fallbacks:
         result.notes.append(
             "Clerk refused the cursor; part of the list was read with offset paging."
         )
+    return rejected
+
+
+def _write_page(
+    store: Store,
+    schema: SchemaInfo,
+    run: _Run,
+    options: SyncOptions,
+    result: SyncResult,
+    users: Sequence[Any],
+    checkpoint: Callable[[Cursor], None] | None = None,
+) -> int:
+    """One page of users, one unit of work (the full walk's and ``sync``'s alike): map them,
+    record them as seen by the run and read their rows in one round trip, plan, write, refresh
+    the lock and checkpoint, all in one transaction. Returns how many could not be read."""
+    rejected = 0
+    rows: dict[str, UserRow] = {}
+    for raw in users:
+        mapped = map_user(raw, schema.limits)
+        if isinstance(mapped, RejectedUser):
+            rejected += 1
+            result.failures.append(Failure(mapped.clerk_id, mapped.problem))
+            continue
+        assert isinstance(mapped, MappedUser)
+        if mapped.row.clerk_id not in rows:
+            rows[mapped.row.clerk_id] = mapped.row
+            result.warnings.extend(mapped.warnings)
+    stamps = [u.get("updated_at") for u in users if isinstance(u, dict)]
+    times = [t for t in stamps if isinstance(t, int) and not isinstance(t, bool)]
+    if times:
+        result.newest_ms = max(times) if result.newest_ms is None else max(result.newest_ms, *times)
+
+    def unit(cur: Cursor) -> tuple[list[Change], Counter[Action], list[Failure]]:
+        fresh, existing = store.see_and_fetch(
+            cur, run.id, list(rows), can_read_settings=schema.can_read_settings
+        )
+        changes = [
+            change
+            for clerk_id in rows
+            if clerk_id in fresh
+            for change in plan_user(rows[clerk_id], existing.get(clerk_id))
+        ]
+        applied: Counter[Action] = Counter()
+        failures: list[Failure] = []
+        writes = [c for c in changes if c.action in WRITES]
+        if writes and not options.dry_run:
+            _apply(store, cur, schema, writes, applied, failures)
+        if run.locked:
+            store.heartbeat(cur, run.id)
+            if checkpoint is not None:
+                checkpoint(cur)
+        return changes, applied, failures
+
+    changes, applied, failures = store.atomic(unit)
+    result.record(changes)
+    result.applied.update(applied)
+    result.failures.extend(failures)
+    result.walk_failures += rejected + len(failures)
     return rejected
 
 
@@ -440,10 +677,25 @@ class UserReport:
 
 
 def inspect_user(
-    client: ClerkClient, store: Store, clerk_id: str, *, apply: bool = False
+    client: ClerkClient,
+    store: Store,
+    clerk_id: str,
+    *,
+    apply: bool = False,
+    allow_instance_change: bool = False,
 ) -> UserReport:
     """Clerk's record, the table row and the settings row, with the planned change."""
     schema = store.inspect()
+    instance = Instance.from_clerk(client.get_instance())
+    pin = store.pinned_instance()
+    decision = decide_pin(
+        pin.instance if pin else None,
+        instance,
+        allow_change=allow_instance_change,
+        dry_run=not apply,
+    )
+    if decision.refusal:
+        raise InstanceMismatchError(decision.refusal, INSTANCE_HINT)
     raw = client.get_user(clerk_id)
     existing = store.fetch_user(clerk_id, can_read_settings=schema.can_read_settings)
     row, settings = store.fetch_row_and_settings(clerk_id)
@@ -459,6 +711,8 @@ def inspect_user(
         report.changes = [plan_deactivation(existing)]
     if not apply:
         return report
+    if decision.write:
+        store.pin_instance(instance, None, replace=decision.write == "repin")
     writes = [c for c in report.changes if c.action is not Action.UNCHANGED]
     if any(c.action is Action.DEACTIVATE for c in writes):
         store.deactivate([clerk_id])
@@ -470,3 +724,46 @@ def inspect_user(
     report.applied = bool(writes) and report.problem is None
     report.row, report.settings = store.fetch_row_and_settings(clerk_id)
     return report
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+@dataclass
+class StatusReport:
+    """What ``status`` shows: the last runs (each with the status to show), the last
+    successful full reconcile, the pinned instance, the lock and what ``sync`` starts from."""
+
+    runs: list[tuple[RunRecord, str]]
+    last_full: RunRecord | None
+    pin: Pin | None
+    lock: LockInfo
+    state: SyncState
+
+    @property
+    def in_progress(self) -> bool:
+        return self.lock.state == "held"
+
+
+def collect_status(store: Store, *, limit: int = 10, stale_after_s: float = 600.0) -> StatusReport:
+    """Read the run history and the lock; write nothing (a crashed run is only reported; the
+    next writing run marks it crashed and takes its lock over)."""
+    store.check_state_schema()
+    holder = store.lock_holder()
+    lock = (
+        lock_state(
+            holder.run_id,
+            holder.host,
+            holder.pid,
+            holder.heartbeat_age_s,
+            stale=holder.is_stale(stale_after_s),
+        )
+        if holder
+        else lock_state(None, None, None, None, stale=False)
+    )
+    runs = [
+        (run, run_state(run, lock, process_alive=process_alive)) for run in store.recent_runs(limit)
+    ]
+    pin = store.pinned_instance()
+    state = store.sync_state(pin.instance.id) if pin else SyncState()
+    return StatusReport(runs, store.last_full_reconcile(), pin, lock, state)

@@ -61,6 +61,7 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "CLERK_API_URL",
         "CLERK_SYNC_MAX_ATTEMPTS",
         "CLERK_SYNC_RETRY_SECONDS",
+        "CLERK_SYNC_PING_URL",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("DATABASE_URL", raising=False)
