@@ -1,0 +1,137 @@
+"""The scheduling recipes in deploy/: the README shows each verbatim, each parses, and each
+runs clerk-sync with options that exist. Checked with the real tool where one is installed."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from clerk_sync_cli.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+RECIPES = [
+    "crontab",
+    "github-actions.yml",
+    "k8s-cronjob.yaml",
+    "clerk-sync.service",
+    "clerk-sync.timer",
+]
+CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
+
+
+def readme_blocks() -> list[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return [m.group(1) for m in re.finditer(r"^```[\w-]*\n(.*?)^```$", text, re.M | re.S)]
+
+
+def assert_cli_accepts(args: list[str]) -> None:
+    """clerk-sync parses these arguments (unknown options would exit 2 before --help)."""
+    result = CliRunner().invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, (args, result.output)
+
+
+def assert_cron_schedule(schedule: str) -> None:
+    fields = schedule.split()
+    assert len(fields) == 5, schedule
+    assert all(CRON_FIELD.match(f) for f in fields), schedule
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_readme_shows_each_recipe_verbatim(name: str) -> None:
+    assert (DEPLOY / name).read_text(encoding="utf-8") in readme_blocks()
+
+
+def test_crontab_lines_have_five_fields_and_flock() -> None:
+    entries = [
+        line
+        for line in (DEPLOY / "crontab").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert len(entries) == 2
+    for line in entries:
+        assert_cron_schedule(" ".join(line.split()[:5]))
+        assert re.search(r"\bflock -(n|w \d+) /\S+ ", line), line
+        command = line.split(".venv/bin/clerk-sync ", 1)[1].split(" >>")[0]
+        assert_cli_accepts(command.split())
+    assert "clerk-sync sync --quiet" in entries[0]
+
+
+def test_github_actions_workflow() -> None:
+    doc: dict[Any, Any] = yaml.safe_load((DEPLOY / "github-actions.yml").read_text())
+    triggers = doc.get("on", doc.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert_cron_schedule(triggers["schedule"][0]["cron"])
+    assert "workflow_dispatch" in triggers
+    assert doc["concurrency"]["cancel-in-progress"] is False
+    steps = doc["jobs"]["sync"]["steps"]
+    run = next(s for s in steps if "clerk-sync" in s.get("run", ""))
+    assert_cli_accepts(run["run"].split()[1:])
+    for name in ("CLERK_SECRET_KEY", "DATABASE_URL", "CLERK_SYNC_PING_URL"):
+        assert run["env"][name] == "${{ secrets." + name + " }}"
+
+
+def test_kubernetes_cronjob() -> None:
+    doc: dict[str, Any] = yaml.safe_load((DEPLOY / "k8s-cronjob.yaml").read_text())
+    assert (doc["apiVersion"], doc["kind"]) == ("batch/v1", "CronJob")
+    spec = doc["spec"]
+    assert_cron_schedule(spec["schedule"])
+    assert spec["concurrencyPolicy"] == "Forbid"
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    [container] = pod["containers"]
+    assert container["command"][0] == "clerk-sync"
+    assert_cli_accepts(container["command"][1:])
+    assert container["envFrom"] == [{"secretRef": {"name": "clerk-sync"}}]
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string((DEPLOY / name).read_text())
+    return parser
+
+
+def test_systemd_units() -> None:
+    service, timer = unit("clerk-sync.service"), unit("clerk-sync.timer")
+    assert service["Service"]["Type"] == "oneshot"
+    exec_start = service["Service"]["ExecStart"].split()
+    assert exec_start[0].endswith("/clerk-sync")
+    assert_cli_accepts(exec_start[1:])
+    assert timer["Timer"]["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """`systemd-analyze verify`, with /srv/clerk-sync moved to a temp dir holding a stub
+    executable (it checks that ExecStart exists)."""
+    root = tmp_path / "srv"
+    (root / ".venv" / "bin").mkdir(parents=True)
+    stub = root / ".venv" / "bin" / "clerk-sync"
+    stub.write_text("#!/bin/sh\n")
+    stub.chmod(0o755)
+    for name in ("clerk-sync.service", "clerk-sync.timer"):
+        text = (DEPLOY / name).read_text().replace("/srv/clerk-sync", str(root))
+        (tmp_path / name).write_text(text)
+    checked = subprocess.run(
+        ["systemd-analyze", "verify", "clerk-sync.timer", "clerk-sync.service"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout + checked.stderr == ""  # unknown keys only warn: none allowed
+    calendar = subprocess.run(
+        ["systemd-analyze", "calendar", unit("clerk-sync.timer")["Timer"]["OnCalendar"]],
+        capture_output=True,
+        text=True,
+    )
+    assert calendar.returncode == 0, calendar.stderr
