@@ -64,8 +64,15 @@ class RateLimiter:
     ``cool_down`` stops everyone until a server-given time, so one 429 pauses all workers.
     """
 
-    def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.rate = rate
+        self._sleep = sleep
         self.capacity = max(1.0, rate)  # at most one second's worth in a burst
         self._tokens = self.capacity
         self._clock = clock
@@ -80,12 +87,12 @@ class RateLimiter:
                 self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
                 self._stamp = now
                 wait = max(self._resume_at - now, 0.0)
-                if wait == 0.0 and self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                if wait == 0.0 and self._tokens >= 1.0 - 1e-9:  # tolerate float rounding
+                    self._tokens = max(0.0, self._tokens - 1.0)
                     return
                 if wait == 0.0:
                     wait = (1.0 - self._tokens) / self.rate
-            time.sleep(wait)
+            self._sleep(wait)
 
     def cool_down(self, seconds: float) -> None:
         with self._lock:
@@ -245,12 +252,13 @@ class ClerkClient:
         max_rps: float | None = None,
         retry: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], None] = time.sleep,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
         self._key = secret_key
         self._kind = key_kind(secret_key)
-        self.limiter = RateLimiter(max_rps or default_max_rps(secret_key))
+        self.limiter = limiter or RateLimiter(max_rps or default_max_rps(secret_key), sleep=sleep)
         self._retry = retry
         self._sleep = sleep
         self.requests = 0
@@ -416,7 +424,7 @@ class ClerkClient:
         policy = self._retry
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, RetriableError) and error.retry_after is not None:
-            return min(error.retry_after, policy.retry_after_cap)
+            return 0.0  # the limiter's shared cool-down holds every request until Retry-After
         ceiling = min(policy.backoff_max, policy.backoff_base * 2 ** (state.attempt_number - 1))
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
 

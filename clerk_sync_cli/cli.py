@@ -217,7 +217,14 @@ def _clerk(stack: ExitStack, settings: Settings, max_rps: float | None) -> Clerk
 
 def _store(stack: ExitStack, settings: Settings) -> Store:
     dsn = settings.dsn()
-    store = stack.enter_context(Store(lambda: connect(dsn), settings.tables()))
+    store = stack.enter_context(
+        Store(
+            lambda: connect(dsn),
+            settings.tables(),
+            statement_timeout_ms=settings.clerk_sync_statement_timeout_ms,
+            lock_timeout_ms=settings.clerk_sync_lock_timeout_ms,
+        )
+    )
     store.check_connection()
     return store
 

@@ -579,6 +579,18 @@ class Emulator:
         self._fault_seq = 0
         self._list_seq = 0
         self._stats = self._empty_stats()
+        # Scenario hooks for tests (Python API only, not part of Clerk's API):
+        #: ids left out of every list page, yet counted and fetchable (an incomplete listing)
+        self.hidden_from_list: set[str] = set()
+        #: route labels that always answer 500, e.g. "GET /v1/users/{id}"
+        self.failing_endpoints: set[str] = set()
+        #: called before each list request with its 1-based number (to change users mid-walk)
+        self.before_list: Callable[[int], None] | None = None
+        #: added to every /users/count answer (a count that lags the list, or runs ahead of it)
+        self.count_offset = 0
+        #: when set, every list request answers 200 with exactly this body (a malformed answer)
+        self.list_body: bytes | None = None
+        self._hook_seq = 0
 
     # -- base population: order and timestamps ------------------------------------------------
 
@@ -1354,6 +1366,8 @@ class Emulator:
             self._authenticate(headers)
             if is_api:
                 self._admit()
+            if label in self.failing_endpoints:
+                raise _ApiError(500, "internal_clerk_error", "Oops", "Injected failure.")
             status, out_headers, payload = self._dispatch(method, path, label, arg, params, body)
         except _ApiError as exc:
             status, out_headers, payload = self._error(exc)
@@ -1467,7 +1481,8 @@ class Emulator:
         if label == "GET /v1/users":
             return 200, dict(_JSON_HEADERS), self._list(params)
         if label == "GET /v1/users/count":
-            return self._ok({"object": "total_count", "total_count": self._count(params)})
+            total = max(0, self._count(params) + self.count_offset)
+            return self._ok({"object": "total_count", "total_count": total})
         if label == "GET /v1/users/{id}":
             assert arg is not None
             user = self.get_user(arg)
@@ -1501,6 +1516,14 @@ class Emulator:
     # -- list / count --------------------------------------------------------------------------
 
     def _list(self, params: Mapping[str, list[str]]) -> bytes:
+        hook = self.before_list
+        if hook is not None:
+            with self._lock:
+                self._hook_seq += 1
+                seq = self._hook_seq
+            hook(seq)
+        if self.list_body is not None:
+            return self.list_body
         limit = _int_param(params, "limit", 10)
         if not 1 <= limit <= MAX_LIMIT:
             raise _invalid("limit", f"limit must be between 1 and {MAX_LIMIT}")
@@ -1531,6 +1554,8 @@ class Emulator:
                 refs = self._range(name, desc, after, before, cursor, offset, limit)
             else:
                 refs = self._scan(desc, after, before, offset, limit)
+            if self.hidden_from_list:
+                refs = [r for r in refs if self._ref_id(r) not in self.hidden_from_list]
             parts = [self._ref_bytes(ref) for ref in refs]
             self._stats["users_served"] += len(parts)
         return b"[" + b",".join(parts) + b"]"

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     #: How hard to retry Clerk: attempts per request, and seconds per request in all.
     clerk_sync_max_attempts: int = Field(default=8, ge=1, le=100)
     clerk_sync_retry_seconds: float = Field(default=300.0, gt=0, le=3600)
+    #: Longest a statement may run, and wait for a row lock, before the page is retried.
+    clerk_sync_statement_timeout_ms: int = Field(default=60_000, ge=100, le=3_600_000)
+    clerk_sync_lock_timeout_ms: int = Field(default=10_000, ge=10, le=600_000)
     #: Where the app's tables are, if not public.users / public.user_monitoring_settings.
     clerk_sync_schema: str = Field(default="public", min_length=1, max_length=63)
     clerk_sync_users_table: str = Field(default="users", min_length=1, max_length=63)

@@ -263,6 +263,10 @@ def reconcile(
         raise
     if result.failures and result.status == "ok":
         result.status = "partial"
+    if store.reconnects:
+        result.notes.append(
+            f"The database connection was lost and re-opened {store.reconnects} time(s)."
+        )
     result.duration_s = time.monotonic() - started
     result.requests = client.requests
     _finish(store, run, result)

@@ -1,5 +1,7 @@
 -- clerk-sync 004: the guide's two triggers on users.
---   * AFTER INSERT: create the user's monitoring-settings row (idempotent: ON CONFLICT).
+--   * AFTER INSERT: create the user's monitoring-settings row (idempotent: ON CONFLICT). It runs
+--     as its owner (SECURITY DEFINER, fixed search_path), so a role that may only insert users
+--     (and the web app's) still gets the settings row.
 --   * BEFORE UPDATE: keep updated_at current.
 -- Functions and triggers are created only when absent: an existing one (maybe your own, with
 -- the same name) is never replaced.
@@ -8,6 +10,8 @@ BEGIN
     IF to_regprocedure('public.create_user_monitoring_settings()') IS NULL THEN
         CREATE FUNCTION public.create_user_monitoring_settings() RETURNS trigger
             LANGUAGE plpgsql
+            SECURITY DEFINER
+            SET search_path = public, pg_temp
             AS $fn$
             BEGIN
                 INSERT INTO public.user_monitoring_settings (user_id)

@@ -47,5 +47,5 @@ def test_demo_runs_the_whole_job_and_cleans_up(tmp_path: str) -> None:
     # nothing left behind: no data directory, no server, no emulator
     assert _clerk_sync_dirs() == before
     procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "clerk_sync_cli emulator" not in procs
+    assert "emulator --port 0 --users 400 --seed 42" not in procs  # the demo's own emulator
     assert not any(d in procs for d in _clerk_sync_dirs() - before)
