@@ -498,17 +498,24 @@ class Store:
 
         self.atomic(mark)
 
-    def abandon_runs(self, keep: int) -> None:
-        """Once this run holds the lock, any other writing run still marked running or
-        interrupted is dead: mark it crashed and free its scratch rows."""
+    def abandon_runs(self, keep: int, command: str) -> None:
+        """Once run ``keep`` holds the lock, no other writing run is alive. One left
+        ``running`` crashed: with checkpoints it becomes ``interrupted``, for the next run of
+        its own command to resume (a frequent ``sync`` must not discard a nightly ``diff``'s
+        progress); without, ``crashed``. Older interrupted runs of ``command`` are superseded
+        by ``keep``: crashed, and their scratch rows freed."""
 
         def abandon(cur: Cursor) -> None:
             cur.execute(
-                "UPDATE clerk_sync.runs SET status = 'crashed', finished_at = coalesce(finished_at, now()) "
-                "WHERE status IN ('running', 'interrupted') AND NOT dry_run AND id <> %s RETURNING id",
-                (keep,),
+                "UPDATE clerk_sync.runs r SET finished_at = coalesce(r.finished_at, now()), "
+                "status = CASE WHEN r.status = 'running' AND EXISTS (SELECT 1 FROM "
+                "clerk_sync.run_windows w WHERE w.run_id = r.id) THEN 'interrupted' "
+                "ELSE 'crashed' END "
+                "WHERE NOT r.dry_run AND r.id <> %s AND (r.status = 'running' "
+                "OR (r.status = 'interrupted' AND r.command = %s)) RETURNING r.id, r.status",
+                (keep, command),
             )
-            gone = [r[0] for r in cur.fetchall()]
+            gone = [run_id for run_id, status in cur.fetchall() if status == "crashed"]
             if gone:
                 cur.execute("DELETE FROM clerk_sync.run_seen WHERE run_id = ANY(%s)", (gone,))
                 cur.execute("DELETE FROM clerk_sync.run_windows WHERE run_id = ANY(%s)", (gone,))

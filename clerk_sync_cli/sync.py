@@ -288,7 +288,7 @@ def _begin(store: Store, options: SyncOptions, result: SyncResult) -> _Run:
         raise
     if stale is not None:
         result.notes.append(f"Took over the lock from run {stale.run_id}, which had stopped.")
-    store.abandon_runs(keep=run_id)
+    store.abandon_runs(keep=run_id, command=options.command)
     if resumable is not None:
         store.resume_run(run_id)
         saved = store.load_windows(run_id)

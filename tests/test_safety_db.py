@@ -352,3 +352,24 @@ def test_table_in_another_schema(
     assert count(db, 'SELECT count(*) FROM "App Data"."Members"') == 3
     assert count(db, 'SELECT count(*) FROM "App Data".settings') == 3  # no trigger: repaired
     assert count(db) == 0
+
+
+def test_a_crashed_diff_keeps_its_checkpoint_across_another_command(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
+) -> None:
+    """A frequent `sync`/`backfill` between a killed nightly `diff` and its rerun must not
+    throw the diff's progress away."""
+    populate(emulator, 1000)
+    emulator.emulator.configure(latency_ms=60)
+    child = spawn(cli, "diff", "--yes", "--batch-size", "100", "--concurrency", "1")
+    deadline = time.monotonic() + 30
+    while count(db) < 200 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    emulator.emulator.configure(latency_ms=0)
+    assert cli("backfill").exit_code == 0  # another command in between
+    doc = cli.json("diff", "--yes", "--batch-size", "100", "--concurrency", "1")
+    assert any("Resuming run" in n for n in doc["notes"]), doc["notes"]
+    assert doc["status"] == "ok"
+    assert count(db) == 1000
