@@ -39,6 +39,7 @@ from clerk_sync_cli.settings import (
 )
 from clerk_sync_cli.store import Store, connect
 from clerk_sync_cli.sync import (
+    DEFAULT_CONCURRENCY,
     SyncOptions,
     SyncResult,
     collect_status,
@@ -301,7 +302,7 @@ def backfill(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     batch_size: BatchSizeOpt = PAGE_LIMIT,
-    concurrency: ConcurrencyOpt = 4,
+    concurrency: ConcurrencyOpt = DEFAULT_CONCURRENCY,
     max_rps: MaxRpsOpt = None,
     allow_instance_change: AllowInstanceChangeOpt = False,
     ping_url: PingUrlOpt = None,
@@ -346,7 +347,7 @@ def diff(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     batch_size: BatchSizeOpt = PAGE_LIMIT,
-    concurrency: ConcurrencyOpt = 4,
+    concurrency: ConcurrencyOpt = DEFAULT_CONCURRENCY,
     max_rps: MaxRpsOpt = None,
     allow_instance_change: AllowInstanceChangeOpt = False,
     ping_url: PingUrlOpt = None,
@@ -406,7 +407,7 @@ def sync_command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     batch_size: BatchSizeOpt = PAGE_LIMIT,
-    concurrency: ConcurrencyOpt = 4,
+    concurrency: ConcurrencyOpt = DEFAULT_CONCURRENCY,
     max_rps: MaxRpsOpt = None,
     allow_instance_change: AllowInstanceChangeOpt = False,
     ping_url: PingUrlOpt = None,

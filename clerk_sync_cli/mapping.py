@@ -141,6 +141,13 @@ def check_text(value: Any, limit: int | None) -> tuple[str | None, str | None]:
     """``(value, None)`` when it can be stored as is; ``(None, why)`` when it cannot."""
     if value is None or value == "":
         return None, None
+    if (  # the common case, decided cheaply
+        type(value) is str
+        and value.isascii()
+        and (limit is None or len(value) <= limit)
+        and "\x00" not in value
+    ):
+        return value, None
     if not isinstance(value, str):
         return None, f"not a string ({type(value).__name__})"
     if "\x00" in value:

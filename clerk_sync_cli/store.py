@@ -673,7 +673,7 @@ class Store:
         table rows of those. One round trip a page; duplicates across pages come back once."""
         query = sql.SQL(
             "WITH new AS (INSERT INTO clerk_sync.run_seen (run_id, clerk_id) "
-            "SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING RETURNING clerk_id) "
+            "SELECT %s, unnest(%b::text[]) ON CONFLICT DO NOTHING RETURNING clerk_id) "
             "SELECT new.clerk_id, x.* FROM new LEFT JOIN ({select}) x ON x.clerk_id = new.clerk_id"
         ).format(select=self._user_select(can_read_settings))
         cur.execute(query, (run_id, list(clerk_ids)))
@@ -779,8 +779,8 @@ class Store:
         query = sql.SQL(
             "INSERT INTO {users} AS u (clerk_id, {cols}, created_at) "
             "SELECT c, e, f, l, p, a, COALESCE(t, now()) FROM unnest("
-            "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bool[], "
-            "%s::timestamptz[]) AS x(c, e, f, l, p, a, t) "
+            "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bool[], "
+            "%b::timestamptz[]) AS x(c, e, f, l, p, a, t) "
             "ON CONFLICT (clerk_id) DO UPDATE SET ({cols}) = ROW({excluded}) "
             "WHERE ({current}) IS DISTINCT FROM ({excluded}) "
             "RETURNING u.clerk_id, (xmax = 0) AS inserted"

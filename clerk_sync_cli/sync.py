@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from clerk_sync_cli.clerk import (
@@ -61,6 +61,10 @@ from clerk_sync_cli.plan import (
 )
 from clerk_sync_cli.store import Cursor, SchemaInfo, Store, process_alive
 
+#: Windows of the list walked at once. With Clerk's ~300 ms per page this is what it takes to
+#: be API-bound rather than latency-bound; all of them share the one --max-rps pace.
+DEFAULT_CONCURRENCY = 8
+
 WRITES = (Action.CREATE, Action.UPDATE, Action.REACTIVATE, Action.SETTINGS_MISSING)
 
 
@@ -92,7 +96,7 @@ class SyncOptions:
     deactivate: bool = False
     guard: DeactivationGuard = field(default_factory=DeactivationGuard)
     page_size: int = PAGE_LIMIT  # users read and written per transaction
-    concurrency: int = 4  # windows of the list walked at once
+    concurrency: int = DEFAULT_CONCURRENCY  # windows of the list walked at once
     changes_cap: int = 1000
     stale_after_s: float = 600.0  # a lock holder silent this long is presumed dead
     resume: bool = True
@@ -392,7 +396,7 @@ def _walk_recent(
     )
     for page in pages:
         result.pages += 1
-        _write_page(store, schema, run, options, result, page.users)
+        _write_page(store, schema, run, options, result, _prepare(page.users, schema))
         reached = page.done
     return reached
 
@@ -489,20 +493,42 @@ def _walk(
     assert run.todo is not None
     rejected = 0
     pages = walk_concurrently(
-        client, run.todo, concurrency=options.concurrency, limit=options.page_size
+        client,
+        run.todo,
+        concurrency=options.concurrency,
+        limit=options.page_size,
+        prepare=lambda page: (replace(page, users=[]), _prepare(page.users, schema)),
     )
-    for page in pages:
+    for page, prepared in pages:
 
         def checkpoint(cur: Cursor, page: Page = page) -> None:
             store.checkpoint(cur, run.id, page.window.no, page.cursor, page.last)
 
-        rejected += _write_page(store, schema, run, options, result, page.users, checkpoint)
-        progress.advance(len(page.users))
+        rejected += _write_page(store, schema, run, options, result, prepared, checkpoint)
+        progress.advance(prepared.size)
     if client.offset_fallbacks:
         result.notes.append(
             "Clerk refused the cursor; part of the list was read with offset paging."
         )
     return rejected
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A page of users, mapped: what the unit of work needs, without the raw JSON."""
+
+    mapped: list[MappedUser | RejectedUser]
+    newest_ms: int | None  # the newest updated_at on the page
+    size: int
+
+
+def _prepare(users: Sequence[Any], schema: SchemaInfo) -> _Prepared:
+    """Map a page (pure; runs in the fetching worker, so raw pages never queue up)."""
+    stamps = [u.get("updated_at") for u in users if isinstance(u, dict)]
+    times = [t for t in stamps if isinstance(t, int) and not isinstance(t, bool)]
+    return _Prepared(
+        [map_user(raw, schema.limits) for raw in users], max(times, default=None), len(users)
+    )
 
 
 def _write_page(
@@ -511,28 +537,24 @@ def _write_page(
     run: _Run,
     options: SyncOptions,
     result: SyncResult,
-    users: Sequence[Any],
+    page: _Prepared,
     checkpoint: Callable[[Cursor], None] | None = None,
 ) -> int:
-    """One page of users, one unit of work (the full walk's and ``sync``'s alike): map them,
-    record them as seen by the run and read their rows in one round trip, plan, write, refresh
-    the lock and checkpoint, all in one transaction. Returns how many could not be read."""
+    """One page of users, one unit of work (the full walk's and ``sync``'s alike): record
+    them as seen by the run and read their rows in one round trip, plan, write, refresh the
+    lock and checkpoint, all in one transaction. Returns how many could not be read."""
     rejected = 0
     rows: dict[str, UserRow] = {}
-    for raw in users:
-        mapped = map_user(raw, schema.limits)
+    for mapped in page.mapped:
         if isinstance(mapped, RejectedUser):
             rejected += 1
             result.failures.append(Failure(mapped.clerk_id, mapped.problem))
             continue
-        assert isinstance(mapped, MappedUser)
         if mapped.row.clerk_id not in rows:
             rows[mapped.row.clerk_id] = mapped.row
             result.warnings.extend(mapped.warnings)
-    stamps = [u.get("updated_at") for u in users if isinstance(u, dict)]
-    times = [t for t in stamps if isinstance(t, int) and not isinstance(t, bool)]
-    if times:
-        result.newest_ms = max(times) if result.newest_ms is None else max(result.newest_ms, *times)
+    if page.newest_ms is not None:
+        result.newest_ms = max(page.newest_ms, result.newest_ms or page.newest_ms)
 
     def unit(cur: Cursor) -> tuple[list[Change], Counter[Action], list[Failure]]:
         fresh, existing = store.see_and_fetch(

@@ -1,0 +1,68 @@
+"""Regression guards for the paths that must stay cheap. Timings live in benchmarks/, not here:
+these assert what cannot drift silently — a no-op run writes nothing, memory does not grow
+with the number of users."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+
+from clerk_sync_cli.emulator import EmulatorConfig, start_emulator
+
+from .conftest import Cli
+
+# A tiny parent, so the child's peak RSS is its own (on Linux a child's ru_maxrss starts at
+# its parent's, and pytest's is large).
+SPAWN = (
+    "import resource, subprocess, sys\n"
+    "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+    "sys.stderr.write(done.stderr)\n"
+    "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "print(done.stdout)\n"
+)
+
+
+def peak_rss_mb(cli: Cli, url: str, *args: str) -> tuple[float, dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-c", SPAWN, sys.executable, "-m", "clerk_sync_cli", *args, "--json"],
+        env={**os.environ, **cli.env, "CLERK_API_URL": url},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    first, _, rest = out.stdout.partition("\n")
+    code, rss_kb = first.split()
+    assert code == "0", out.stderr
+    return int(rss_kb) / 1024, json.loads(rest)
+
+
+def test_memory_stays_flat_as_the_user_count_grows(cli: Cli, db: psycopg.Connection[Any]) -> None:
+    peaks = {}
+    for users in (16_000, 64_000):  # both big enough to keep all 8 fetch workers busy
+        with start_emulator(EmulatorConfig(users=users, seed=4)) as clerk:
+            peak, doc = peak_rss_mb(cli, clerk.base_url, "diff", "--dry-run", "--max-rps", "100000")
+        assert doc["counts"]["create"] == users
+        peaks[users] = peak
+    # 4x the users, one page at a time: the peak may not grow with the list
+    assert peaks[64_000] - peaks[16_000] < 20, peaks
+
+
+def test_a_no_op_run_writes_no_row_at_all(cli: Cli, db: psycopg.Connection[Any]) -> None:
+    with start_emulator(EmulatorConfig(users=1_500, seed=5, edge_cases=True)) as clerk:
+        assert cli("backfill", CLERK_API_URL=clerk.base_url).exit_code == 0
+        before = db.execute("SELECT sum(xmin::text::bigint), count(*) FROM users").fetchone()
+        settings = db.execute(
+            "SELECT sum(xmin::text::bigint) FROM user_monitoring_settings"
+        ).fetchone()
+        doc = cli.json("diff", CLERK_API_URL=clerk.base_url)
+    assert doc["applied"] == {k: 0 for k in doc["applied"]}
+    assert db.execute("SELECT sum(xmin::text::bigint), count(*) FROM users").fetchone() == before
+    assert (
+        db.execute("SELECT sum(xmin::text::bigint) FROM user_monitoring_settings").fetchone()
+        == settings
+    )
