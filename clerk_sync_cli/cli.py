@@ -231,7 +231,6 @@ def _store(stack: ExitStack, settings: Settings) -> Store:
 
 
 def _run_sync(
-    command: str,
     options: SyncOptions,
     *,
     clerk_secret_key: str | None,
@@ -244,7 +243,7 @@ def _run_sync(
 ) -> SyncResult:
     reporter = Reporter(json_mode=json_out, quiet=quiet)
     holder: list[Settings] = []
-    with handle_errors(reporter, command, holder), ExitStack() as stack:
+    with handle_errors(reporter, options.command, holder), ExitStack() as stack:
         settings = _settings(
             holder,
             reporter,
@@ -323,7 +322,6 @@ def backfill(
     )
     with _pinging(ping_url, json_out):
         result = _run_sync(
-            "backfill",
             options,
             clerk_secret_key=clerk_secret_key,
             database_url=database_url,
@@ -370,7 +368,6 @@ def diff(
     )
     with _pinging(ping_url, json_out):
         result = _run_sync(
-            "diff",
             options,
             clerk_secret_key=clerk_secret_key,
             database_url=database_url,
@@ -436,7 +433,6 @@ def sync_command(
     )
     with _pinging(ping_url, json_out):
         result = _run_sync(
-            "sync",
             options,
             clerk_secret_key=clerk_secret_key,
             database_url=database_url,
