@@ -1402,7 +1402,7 @@ class Emulator:
         delay_ms = self.config.latency_ms
         per_1000 = self.config.deep_offset_ms_per_1000
         if per_1000:
-            with contextlib.suppress(ValueError, IndexError):
+            with contextlib.suppress(KeyError, ValueError, IndexError):  # no or bad offset
                 delay_ms += per_1000 * max(0, int(params["offset"][0])) / 1000
         if delay_ms > 0:
             time.sleep(delay_ms / 1000)
