@@ -442,7 +442,7 @@ def _full_pass(
 
 def _plan_windows(client: ClerkClient, options: SyncOptions, listed: int) -> list[Window]:
     """One window per few pages' worth of users, up to 4 per worker; one for small lists."""
-    wanted = min(4 * options.concurrency, listed // (4 * options.page_size))
+    wanted = min(4 * options.concurrency, listed // (2 * options.page_size))
     if options.concurrency <= 1 or wanted <= 1:
         return [Window(0)]
     span = client.created_at_range()
