@@ -32,6 +32,7 @@ import json
 import math
 import os
 import platform
+import re
 import select
 import signal
 import subprocess
@@ -135,7 +136,25 @@ def child_naive(url: str, dsn: str, max_users: int | None) -> dict[str, Any]:
     return {"users": users, "work_s": time.perf_counter() - started}
 
 
+def child_spawner() -> None:
+    """Run the commands it is sent (one JSON line each) and answer with their measurements.
+
+    Linux starts a process's ``ru_maxrss`` at the RSS of the process that spawned it (the
+    high-water mark survives ``exec``), so the scenarios are spawned from this small process,
+    started before the orchestrator imports anything big, not from the orchestrator itself."""
+    signal.signal(signal.SIGTERM, _sigterm)
+    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):  # its child is killed first
+        for line in sys.stdin:
+            request = json.loads(line)
+            measured = run_measured(request["cmd"], request["env"], request["cwd"])
+            sys.stdout.write(json.dumps(measured.__dict__) + "\n")
+            sys.stdout.flush()
+
+
 def run_child_mode(args: argparse.Namespace) -> None:
+    if args.child == "spawner":
+        child_spawner()
+        return
     if args.child == "floor":
         result = child_floor(args.url)
     else:
@@ -196,6 +215,44 @@ def run_measured(cmd: Sequence[str], env: dict[str, str], cwd: str) -> Measured:
         )
 
 
+class Spawner:
+    """The orchestrator's side of :func:`child_spawner`."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--child", "spawner"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, cmd: Sequence[str], env: dict[str, str], cwd: str) -> Measured:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"cmd": list(cmd), "env": env, "cwd": cwd}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the spawner process died")
+        return Measured(**json.loads(line))
+
+    def close(self, *, now: bool = False) -> None:
+        """Stop the helper; ``now`` (interrupted): stop the scenario it is running too."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(0.1 if now else 5)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+
+
 def _proc_cpu(pid: int, children_too: bool = False) -> float:
     """CPU seconds of a process (all threads); with ``children_too``, plus reaped children."""
     try:
@@ -207,6 +264,16 @@ def _proc_cpu(pid: int, children_too: bool = False) -> float:
     if children_too:
         ticks += int(fields[13]) + int(fields[14])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _busy_cpu() -> float:
+    """CPU seconds the whole machine has spent in user and system mode (all cores), from
+    /proc/stat (interrupts and a hypervisor's steal time left out)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:4]]
+    except (OSError, ValueError):
+        return math.nan
+    return sum(values) / os.sysconf("SC_CLK_TCK")  # user + nice + system
 
 
 def _tree_cpu(root_pid: int) -> float:
@@ -262,6 +329,17 @@ class Emulator:
     def cpu_s(self) -> float:
         return _proc_cpu(self.pid)
 
+    def list_problem(self) -> str | None:
+        """Why a plain list request (no offset) fails, or None when it succeeds."""
+        response = self.http.get(f"{self.url}/users", params={"limit": 1}, headers=self._headers())
+        if response.status_code == 200:
+            return None
+        try:
+            said = response.json()["errors"][0]["long_message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            said = response.text[:200]
+        return f"HTTP {response.status_code}: {said}"
+
 
 @contextlib.contextmanager
 def emulator_process(users: int, latency_ms: float, deep_offset_ms: float) -> Iterator[Emulator]:
@@ -272,24 +350,29 @@ def emulator_process(users: int, latency_ms: float, deep_offset_ms: float) -> It
     cmd += ["--users", str(users), "--seed", "1", "--rate-limit", "off"]
     cmd += ["--latency-ms", str(latency_ms), "--deep-offset-ms", str(deep_offset_ms)]
     env = {**os.environ, "CLERK_SECRET_KEY": SECRET_KEY}
-    child = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=tempfile.gettempdir()
-    )
-    try:
-        assert child.stdout is not None
-        ready, _, _ = select.select([child.stdout], [], [], 60)
-        line = child.stdout.readline().decode().strip() if ready else ""
-        if not line.startswith("CLERK_API_URL="):
-            raise RuntimeError(f"the emulator did not start (got {line!r})")
-        with httpx.Client(timeout=60.0) as http:
-            yield Emulator(line.split("=", 1)[1], child.pid, http)
-    finally:
-        child.terminate()
+    with tempfile.TemporaryFile() as errors:
+        child = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=errors, env=env, cwd=tempfile.gettempdir()
+        )
         try:
-            child.wait(10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+            assert child.stdout is not None
+            ready, _, _ = select.select([child.stdout], [], [], 60)
+            line = child.stdout.readline().decode().strip() if ready else ""
+            if not line.startswith("CLERK_API_URL="):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(5)
+                errors.seek(0)
+                said = errors.read().decode(errors="replace").strip()[-800:]
+                raise RuntimeError(f"the emulator did not start: {said or repr(line)}")
+            with httpx.Client(timeout=60.0) as http:
+                yield Emulator(line.split("=", 1)[1], child.pid, http)
+        finally:
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 @dataclass
@@ -390,8 +473,9 @@ class TableWrites:
             "users_xmin": int(row[0]) if row else -1,
             "users_stat": delta("public.users", (0, 1)),
             "settings_stat": delta("public.user_monitoring_settings", (0, 1)),
-            "bookkeeping_stat": delta("clerk_sync.runs", (0, 1, 2))
-            + delta("clerk_sync.run_seen", (0, 1, 2)),
+            "bookkeeping_stat": sum(
+                delta(name, (0, 1, 2)) for name in after if name.startswith("clerk_sync.")
+            ),
         }
 
 
@@ -411,6 +495,7 @@ class Row:
     cpu_s: float = math.nan
     emulator_cpu_s: float = math.nan
     postgres_cpu_s: float = math.nan
+    other_cpu_s: float = math.nan  # everything else the machine ran meanwhile (other users!)
     requests: int = -1
     rows_written: int | None = None  # users rows, as the tool reports them (JSON `applied`)
     verified: dict[str, int] = field(default_factory=dict)
@@ -425,7 +510,11 @@ class Bench:
     args: argparse.Namespace
     workdir: str
     clerk_sync: list[str]
+    spawner: Spawner
     concurrency_supported: bool = False
+    concurrency_default: str = "?"
+    load: str = "?"
+    notes: list[str] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
     pg_version: str = ""
 
@@ -463,11 +552,18 @@ class Bench:
                 writes.mark()
             emulator.reset_stats()
             emu_cpu, pg_cpu = emulator.cpu_s(), pg.cpu_s() if pg else 0.0
-            m = run_measured(cmd, self.env(emulator, dsn), self.workdir)
+            busy = _busy_cpu()
+            try:
+                m = self.spawner.run(cmd, self.env(emulator, dsn), self.workdir)
+            except BaseException:
+                self.spawner.close(now=True)  # the scenario first, then emulator and Postgres
+                raise
             if writes:
                 row.verified = writes.since_mark()
             row.emulator_cpu_s = emulator.cpu_s() - emu_cpu
             row.postgres_cpu_s = (pg.cpu_s() - pg_cpu) if pg else math.nan
+            ours = m.cpu_s + row.emulator_cpu_s + (row.postgres_cpu_s if pg else 0.0)
+            row.other_cpu_s = max(0.0, _busy_cpu() - busy - ours)
             row.requests = emulator.api_requests()
         finally:
             if writes:
@@ -550,8 +646,6 @@ class Bench:
             row.rows_written == expected == row.verified.get("users_xmin")
         ):
             row.ok = False
-        if extra:
-            row.note = (row.note + " " + " ".join(extra)).strip()
         return row
 
     def _child(self, mode: str, url: str) -> list[str]:
@@ -597,14 +691,26 @@ class Bench:
             setup, [*self.clerk_sync, "backfill", "--json", "--max-rps", MAX_RPS], emulator, pg, dsn
         )
         self.rows.remove(setup)
+        if not setup.ok:
+            raise RuntimeError(f"the setup backfill failed: {setup.note}")
         emulator.configure(
             latency_ms=self.args.latency_ms, deep_offset_ms_per_1000=self.args.deep_offset_ms
         )
+        problem = emulator.list_problem() if self.args.deep_offset_ms else None
+        if problem:
+            emulator.configure(deep_offset_ms_per_1000=0)
+            note = (
+                "With `deep_offset_ms_per_1000` set, the emulator answered list requests "
+                f"without `offset` with {problem}; so this run has no offset penalty."
+            )
+            if note not in self.notes:
+                self.notes.append(note)
         floor = self.floor(n, emulator, 1, label="floor = sequential walk")
-        extra: list[str] = []
-        if self.concurrency_supported:
-            extra = ["--concurrency", str(self.args.concurrency)]
-        self.clerk_sync_run(n, "diff (nothing changed)", "diff", emulator, pg, dsn, 0, extra)
+        levels = self.args.concurrency_list if self.concurrency_supported else [None]
+        for level in levels:
+            extra = [] if level is None else ["--concurrency", str(level)]
+            label = "diff (nothing changed)" + (f" --concurrency {level}" if extra else "")
+            self.clerk_sync_run(n, label, "diff", emulator, pg, dsn, 0, extra)
         self.ratios(n, floor)
 
     def warm_up(self, n: int, emulator: Emulator) -> list[str]:
@@ -634,7 +740,7 @@ class Bench:
 # ---------------------------------------------------------------------------------------------
 
 
-def machine(pg_version: str) -> list[tuple[str, str]]:
+def machine(pg_version: str, load: str) -> list[tuple[str, str]]:
     cpu = "?"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -665,6 +771,7 @@ def machine(pg_version: str) -> list[tuple[str, str]]:
         ("Python", platform.python_version()),
         ("Postgres", pg_version or "?"),
         ("clerk-sync", f"{__version__} (git {commit}, working tree as it was)"),
+        ("load average (1 min) at start / end", load),
         ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
     ]
 
@@ -675,8 +782,8 @@ def _f(value: float, digits: int = 2) -> str:
 
 def table(rows: Sequence[Row]) -> list[str]:
     out = [
-        "| N | scenario | wall s | users/s | x floor | peak RSS MB | CPU s (client / emulator / "
-        "Postgres) | API requests | rows written | check |",
+        "| N | scenario | wall s | users/s | x floor | peak RSS MB | CPU s: client / emulator / "
+        "Postgres / other processes | API requests | rows written | check |",
         "|---:|---|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for r in rows:
@@ -693,7 +800,9 @@ def table(rows: Sequence[Row]) -> list[str]:
             check += f", expected {r.expected_rows:,}"
         if r.note:
             check += f"; {r.note}"
-        cpu = f"{_f(r.cpu_s)} / {_f(r.emulator_cpu_s)} / {_f(r.postgres_cpu_s)}"
+        cpu = (
+            f"{_f(r.cpu_s)} / {_f(r.emulator_cpu_s)} / {_f(r.postgres_cpu_s)} / {_f(r.other_cpu_s)}"
+        )
         out.append(
             f"| {r.n:,} | {r.scenario} | {_f(r.wall_s)} | {_f(users_s, 0)} | {_f(r.ratio)} | "
             f"{_f(r.peak_rss_mb, 1)} | {cpu} | {r.requests:,} | {written} | {check} |"
@@ -714,12 +823,14 @@ def targets(bench: Bench) -> list[str]:
 
     if bench.args.latency_ms > 0:
         for n in sizes:
-            floor, diff = _find(rows, n, "floor"), _find(rows, n, "diff")
-            if floor and diff:
+            floor = _find(rows, n, "floor")
+            for diff in (r for r in rows if r.n == n and r.scenario.startswith("diff")):
+                if floor is None:
+                    break
                 speedup = floor.wall_s / diff.wall_s
                 model = floor.requests * bench.args.latency_ms / 1000
                 lines.append(
-                    f"- N={n:,}: diff is {speedup:.2f}x faster than the sequential walk "
+                    f"- N={n:,}: {diff.scenario} is {speedup:.2f}x faster than the sequential walk "
                     f"({diff.wall_s:.1f} s vs {floor.wall_s:.1f} s measured; latency alone: "
                     f"{floor.requests} requests x {bench.args.latency_ms:g} ms = {model:.1f} s); "
                     f"target ≥ 6x: {verdict(speedup >= 6)}"
@@ -772,18 +883,38 @@ def targets(bench: Bench) -> list[str]:
 def report(bench: Bench, argv: Sequence[str]) -> str:
     a = bench.args
     mode = "latency" if a.latency_ms > 0 else "throughput"
+    sizes = ", ".join(f"{n:,}" for n in a.size_list)
     title = (
-        f"Latency mode: {a.latency_ms:g} ms per API request, "
+        f"Latency mode (N = {sizes}): {a.latency_ms:g} ms per API request, "
         f"+{a.deep_offset_ms:g} ms per 1000 of offset"
         if mode == "latency"
-        else "Throughput mode: no latency, no rate limit"
+        else f"Throughput mode (N = {sizes}): no latency, no rate limit"
     )
     lines = [f"## {title}", ""]
     lines.append("Command: `.venv/bin/python benchmarks/bench.py " + " ".join(argv) + "`")
     lines.append("")
-    lines += [f"- **{k}**: {v}" for k, v in machine(bench.pg_version)]
+    lines += [f"- **{k}**: {v}" for k, v in machine(bench.pg_version, bench.load)]
     lines.append("")
     lines += table(bench.rows)
+    other = sum(r.other_cpu_s for r in bench.rows if not math.isnan(r.other_cpu_s))
+    walls = sum(r.wall_s for r in bench.rows if not math.isnan(r.wall_s))
+    share = other / max(walls * (os.cpu_count() or 1), 1e-9)
+    if share > 0.05:
+        lines += [
+            "",
+            f"**Warning**: other processes (or kernel I/O threads) used {other:.1f} CPU-s while the "
+            f"scenarios ran ({share:.0%} of all cores): the timings above are pessimistic. "
+            "See the last CPU figure of each row.",
+        ]
+    for floor in (r for r in bench.rows if r.scenario.startswith("floor")):
+        if mode == "throughput" and floor.emulator_cpu_s > 0.3 * floor.wall_s:
+            lines.append(
+                f"\n**Note**: at N={floor.n:,} the floor is bound by the emulator "
+                f"({floor.emulator_cpu_s:.1f} CPU-s of {floor.wall_s:.1f} s: its serialized-user "
+                "cache no longer holds every user), so every scenario pays that too and the "
+                "x floor ratios understate clerk-sync's own cost."
+            )
+    lines += [f"\n**Note**: {note}" for note in bench.notes]
     lines += ["", "Targets:", ""]
     lines += targets(bench)
     lines += [
@@ -796,20 +927,32 @@ def report(bench: Bench, argv: Sequence[str]) -> str:
             if mode == "throughput" and a.floor_runs > 1
             else ""
         )
-        + "An unmeasured warm-up walk fills the emulator's cache first.",
+        + "An unmeasured warm-up walk fills the emulator's cache first. "
+        + (
+            f"clerk-sync has `--concurrency` (default {bench.concurrency_default}); "
+            + (
+                "the throughput runs use its default."
+                if mode == "throughput"
+                else "the latency runs pass each value shown."
+            )
+            if bench.concurrency_supported
+            else "clerk-sync has no `--concurrency` option."
+        ),
     ]
     return "\n".join(lines) + "\n"
 
 
 def write_results(path: Path, mode: str, section: str) -> None:
-    """Replace this mode's section of ``path`` (keep the others and any hand-written notes)."""
+    """Replace this mode's section of ``path`` (same mode and sizes); keep the other sections
+    and anything written by hand outside the markers."""
     start, end = MARK.format(mode=mode, edge="start"), MARK.format(mode=mode, edge="end")
     block = f"{start}\n{section}{end}\n"
     text = path.read_text() if path.exists() else "# clerk-sync benchmark results\n\n"
     if start in text and end in text:
         before, _, rest = text.partition(start)
         _, _, after = rest.partition(end)
-        text = before + block + after.lstrip("\n")
+        after = after.lstrip("\n")
+        text = before + block + ("\n" + after if after else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.write_text(text)
@@ -840,14 +983,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--deep-offset-ms",
         type=float,
-        default=0,
-        help="latency mode: extra delay per 1000 of offset (hurts offset-based paging only)",
+        default=None,
+        help="latency mode: extra delay per 1000 of offset, which only offset paging pays "
+        "(default: 10 in latency mode)",
     )
     parser.add_argument(
         "--concurrency",
-        type=int,
-        default=8,
-        help="passed to clerk-sync diff in latency mode, if clerk-sync has --concurrency",
+        default="4,8",
+        help="latency mode: run clerk-sync diff once per value with --concurrency VALUE, if "
+        "clerk-sync has that option (default: 4,8)",
     )
     parser.add_argument(
         "--floor-runs", type=int, default=3, help="throughput mode: floor runs, best kept"
@@ -865,7 +1009,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="write/update this markdown file, e.g. "
         "benchmarks/RESULTS.md (default: print the table)",
     )
-    parser.add_argument("--child", choices=("floor", "naive"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("floor", "naive", "spawner"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--max-users", type=int, help=argparse.SUPPRESS)
@@ -877,6 +1021,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             parser.error("--sizes takes comma-separated integers, e.g. 10000,100000")
         if not args.size_list or min(args.size_list) < 100:
             parser.error("every size must be at least 100")
+        if args.deep_offset_ms is None:
+            args.deep_offset_ms = 10.0 if args.latency_ms > 0 else 0.0
+        try:
+            args.concurrency_list = [int(c) for c in args.concurrency.split(",") if c.strip()]
+        except ValueError:
+            parser.error("--concurrency takes comma-separated integers, e.g. 4,8")
     return args
 
 
@@ -896,22 +1046,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_child_mode(args)
         return 0
     signal.signal(signal.SIGTERM, _sigterm)
-    sys.path.insert(0, str(REPO))  # clerk_sync_cli, when run without an install
-    command = clerk_sync_command()
-    help_text = subprocess.run(
-        [*command, "diff", "--help"], capture_output=True, text=True, check=False
-    ).stdout
-    with tempfile.TemporaryDirectory(prefix="clerk-sync-bench-") as workdir:
-        bench = Bench(args, workdir, command, concurrency_supported="--concurrency" in help_text)
-        try:
+    spawner = Spawner()  # first, while this process is still small: see child_spawner
+    load_start = os.getloadavg()[0]
+    interrupted = False
+    try:
+        sys.path.insert(0, str(REPO))  # clerk_sync_cli, when run without an install
+        command = clerk_sync_command()
+        help_text = subprocess.run(
+            [*command, "diff", "--help"], capture_output=True, text=True, check=False
+        ).stdout
+        with tempfile.TemporaryDirectory(prefix="clerk-sync-bench-") as workdir:
+            bench = Bench(
+                args,
+                workdir,
+                command,
+                spawner,
+                concurrency_supported="--concurrency" in help_text,
+            )
+            found = re.search(r"--concurrency\b.*?\[default: (\d+)", help_text, re.DOTALL)
+            bench.concurrency_default = found.group(1) if found else "?"
             for n in args.size_list:
                 bench.run_size(n)
-        except KeyboardInterrupt:
-            print("interrupted: stopped the emulator and Postgres", file=sys.stderr)
-            return 130
+            bench.load = f"{load_start:.2f} / {os.getloadavg()[0]:.2f}"
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: stopped the emulator and Postgres", file=sys.stderr)
+        return 130
+    finally:
+        spawner.close(now=interrupted)
     section = report(bench, argv)
     if args.out:
-        write_results(args.out, "latency" if args.latency_ms > 0 else "throughput", section)
+        sizes = "-".join(str(n) for n in args.size_list)
+        mode = ("latency" if args.latency_ms > 0 else "throughput") + f":{sizes}"
+        write_results(args.out, mode, section)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(section)
