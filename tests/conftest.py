@@ -114,6 +114,16 @@ def db(dsn: str, cli: Cli) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
+def populate(emulator: RunningEmulator, n: int, **fields: Any) -> list[dict[str, Any]]:
+    """``n`` plain users created in the emulator: First{i} Last{i} <user{i}@example.com>."""
+    return [
+        emulator.emulator.create_user(
+            first_name=f"First{i}", last_name=f"Last{i}", email=f"user{i}@example.com", **fields
+        )
+        for i in range(n)
+    ]
+
+
 def rows(
     conn: psycopg.Connection[Any],
     query: str = "SELECT * FROM users ORDER BY clerk_id",
@@ -124,4 +134,4 @@ def rows(
         return list(cur.fetchall())
 
 
-__all__ = ["SECRET", "Cli", "rows", "tempfile"]
+__all__ = ["SECRET", "Cli", "populate", "rows", "tempfile"]

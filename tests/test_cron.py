@@ -21,16 +21,9 @@ import pytest
 
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
-from .conftest import Cli, rows
+from .conftest import Cli, populate, rows
 
 ACTIONS = ["create", "update", "deactivate", "reactivate", "unchanged", "settings_missing"]
-
-
-def populate(emulator: RunningEmulator, n: int) -> list[dict[str, Any]]:
-    return [
-        emulator.emulator.create_user(first_name=f"F{i}", last_name=f"L{i}", email=f"u{i}@x.test")
-        for i in range(n)
-    ]
 
 
 def names(db: psycopg.Connection[Any]) -> dict[str, str | None]:
@@ -106,7 +99,7 @@ def test_the_overlap_rereads_changes_just_below_the_watermark(
     assert doc["mode"] == "watermark"
     assert doc["watermark"]["since_ms"] == mark - 10 * minute
     assert [c["clerk_id"] for c in doc["changes"]] == [users[0]["id"]]
-    assert names(db)[users[2]["id"]] == "F2"  # 30 minutes back is beyond a 10-minute overlap
+    assert names(db)[users[2]["id"]] == "First2"  # 30 minutes back is beyond a 10-minute overlap
 
     wider = cli.json("sync", "--batch-size", "1", "--overlap-minutes", "45")
     assert [c["clerk_id"] for c in wider["changes"]] == [users[2]["id"]]

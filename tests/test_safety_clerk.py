@@ -22,14 +22,7 @@ from clerk_sync_cli.clerk import (
 from clerk_sync_cli.emulator import RunningEmulator
 from clerk_sync_cli.errors import ClerkUnavailableError
 
-from .conftest import SECRET, Cli, rows
-
-
-def populate(emulator: RunningEmulator, n: int, **fields: Any) -> list[dict[str, Any]]:
-    return [
-        emulator.emulator.create_user(first_name=f"U{i}", email=f"u{i}@example.com", **fields)
-        for i in range(n)
-    ]
+from .conftest import SECRET, Cli, populate, rows
 
 
 class FakeTime:

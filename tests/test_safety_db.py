@@ -23,14 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import Cli, rows
-
-
-def populate(emulator: RunningEmulator, n: int) -> list[dict[str, Any]]:
-    return [
-        emulator.emulator.create_user(first_name=f"U{i}", email=f"u{i}@example.com")
-        for i in range(n)
-    ]
+from .conftest import Cli, populate, rows
 
 
 def spawn(cli: Cli, *args: str, **env: str) -> subprocess.Popen[str]:
@@ -317,7 +310,7 @@ def test_row_level_security_that_hides_rows_is_refused(
     populate(emulator, 4)
     assert cli("backfill").exit_code == 0
     db.execute("ALTER TABLE users ENABLE ROW LEVEL SECURITY")
-    db.execute("CREATE POLICY only_some ON users USING (email <> 'u0@example.com')")
+    db.execute("CREATE POLICY only_some ON users USING (email <> 'user0@example.com')")
     result = cli("diff", "--yes", DATABASE_URL=make_conninfo(dsn, user="clerk_syncer"))
     assert result.exit_code == 3
     assert "Row-level security" in result.stderr

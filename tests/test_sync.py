@@ -9,18 +9,9 @@ import pytest
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import Cli, rows
+from .conftest import Cli, populate, rows
 
 ACTIONS = ["create", "update", "deactivate", "reactivate", "unchanged", "settings_missing"]
-
-
-def populate(emulator: RunningEmulator, n: int) -> list[dict[str, Any]]:
-    return [
-        emulator.emulator.create_user(
-            first_name=f"First{i}", last_name=f"Last{i}", email=f"user{i}@example.com"
-        )
-        for i in range(n)
-    ]
 
 
 def snapshot(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
