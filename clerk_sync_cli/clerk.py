@@ -354,11 +354,6 @@ class ClerkClient:
                 return
             fallbacks = usable[-8:]  # where to step back to if the cursor user disappears
 
-    def iter_pages(self, *, limit: int = PAGE_LIMIT) -> Iterator[list[Any]]:
-        """The whole list, sequentially: just the users of each page."""
-        for page in self.walk(Window(0), limit=limit):
-            yield page.users
-
     def walk_recent(
         self, since_ms: int, *, limit: int = PAGE_LIMIT, max_pages: int
     ) -> Iterator[RecentPage]:

@@ -57,6 +57,7 @@ from clerk_sync_cli.plan import (
     DbUser,
     DeactivationGuard,
     plan_deactivation,
+    plan_page,
     plan_user,
 )
 from clerk_sync_cli.store import Cursor, SchemaInfo, Store, process_alive
@@ -560,12 +561,7 @@ def _write_page(
         fresh, existing = store.see_and_fetch(
             cur, run.id, list(rows), can_read_settings=schema.can_read_settings
         )
-        changes = [
-            change
-            for clerk_id in rows
-            if clerk_id in fresh
-            for change in plan_user(rows[clerk_id], existing.get(clerk_id))
-        ]
+        changes = plan_page([row for clerk_id, row in rows.items() if clerk_id in fresh], existing)
         applied: Counter[Action] = Counter()
         failures: list[Failure] = []
         writes = [c for c in changes if c.action in WRITES]
