@@ -74,6 +74,15 @@ class LockHolder:
         return self.host == socket.gethostname() and not _process_alive(self.pid)
 
 
+def _held(holder: LockHolder, stale_after_s: float) -> LockHeldError:
+    return LockHeldError(
+        f"Another clerk-sync run holds the lock (run {holder.run_id}, pid {holder.pid} "
+        f"on {holder.host}, last heard from {holder.heartbeat_age_s:.0f}s ago).",
+        "Nothing was changed. It will be taken over if that run stays silent for "
+        f"{stale_after_s / 60:.0f} minutes.",
+    )
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -430,12 +439,7 @@ class Store:
         me = (socket.gethostname(), os.getpid())
         holder = self.lock_holder()
         if holder is not None and not holder.is_stale(stale_after_s):
-            raise LockHeldError(
-                f"Another clerk-sync run holds the lock (run {holder.run_id}, pid {holder.pid} "
-                f"on {holder.host}, last heard from {holder.heartbeat_age_s:.0f}s ago).",
-                "Nothing was changed. It will be taken over if that run stays silent for "
-                f"{stale_after_s / 60:.0f} minutes.",
-            )
+            raise _held(holder, stale_after_s)
 
         def take(cur: Cursor) -> bool:
             if holder is None:
@@ -453,10 +457,13 @@ class Store:
                 )
             return cur.fetchone() is not None
 
-        if not self.atomic(take):
-            raise LockHeldError(
-                "Another clerk-sync run took the lock at the same moment.", "Nothing was changed."
-            )
+        if not self.atomic(take):  # another run took it between our read and our write
+            winner = self.lock_holder()
+            if winner is None:
+                raise LockHeldError(
+                    "Another clerk-sync run holds the lock.", "Nothing was changed."
+                )
+            raise _held(winner, stale_after_s)
         return holder
 
     def heartbeat(self, cur: Cursor, run_id: int) -> None:
