@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -80,59 +81,83 @@ class RejectedUser:
 
 def map_user(raw: Any, limits: ColumnLimits = ColumnLimits()) -> MappedUser | RejectedUser:
     """Map one Clerk user object to a :class:`UserRow`, or reject it."""
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         return RejectedUser(None, f"expected a user object, got {type(raw).__name__}")
     user_id = raw.get("id")
-    if not isinstance(user_id, str) or not CLERK_ID_PATTERN.fullmatch(user_id):
+    if type(user_id) is not str or not CLERK_ID_PATTERN.fullmatch(user_id):
         shown = user_id if isinstance(user_id, str) and user_id.isprintable() else None
         return RejectedUser(shown[:64] if shown else None, "missing or malformed id")
     if limits.clerk_id is not None and len(user_id) > limits.clerk_id:
         return RejectedUser(user_id[:64], f"id longer than the clerk_id column ({limits.clerk_id})")
 
     warnings: list[FieldWarning] = []
-
-    def fit(name: str, value: Any, limit: int | None) -> str | None:
+    texts = (
+        ("email", primary_email(raw), limits.email),
+        ("first_name", raw.get("first_name"), limits.first_name),
+        ("last_name", raw.get("last_name"), limits.last_name),
+        ("profile_image_url", image_url(raw), limits.profile_image_url),
+    )
+    values: list[str | None] = []
+    for name, value, limit in texts:
+        if _plain(value, limit):  # most values: decided without a call
+            values.append(value)
+            continue
         checked, problem = check_text(value, limit)
         if problem is not None:
             warnings.append(FieldWarning(user_id, name, problem))
-        return checked
+        values.append(checked)
 
     banned = raw.get("banned", False)
-    if not isinstance(banned, bool):
+    if type(banned) is not bool:
         warnings.append(FieldWarning(user_id, "is_active", "banned is not a boolean; kept active"))
         banned = False
 
-    row = UserRow(
-        clerk_id=user_id,
-        email=fit("email", primary_email(raw), limits.email),
-        first_name=fit("first_name", raw.get("first_name"), limits.first_name),
-        last_name=fit("last_name", raw.get("last_name"), limits.last_name),
-        profile_image_url=fit("profile_image_url", image_url(raw), limits.profile_image_url),
-        is_active=not banned,
-        created_at=_created_at(raw.get("created_at"), user_id, warnings),
-    )
+    created = raw.get("created_at")
+    created_at: datetime | None = None
+    if type(created) is int:
+        with suppress(OverflowError, OSError, ValueError):  # out of range: warned below
+            created_at = datetime.fromtimestamp(created / 1000, tz=UTC)
+    if created_at is None and created is not None:
+        warnings.append(FieldWarning(user_id, "created_at", "not a millisecond timestamp"))
+
+    email, first_name, last_name, image = values
+    row = UserRow(user_id, email, first_name, last_name, image, not banned, created_at)
     return MappedUser(row, tuple(warnings))
+
+
+def _plain(value: Any, limit: int | None) -> bool:
+    """The common case, decided cheaply: ASCII text that fits and holds no NUL byte."""
+    return (
+        type(value) is str
+        and value != ""
+        and value.isascii()
+        and (limit is None or len(value) <= limit)
+        and "\x00" not in value
+    )
 
 
 def primary_email(raw: Mapping[str, Any]) -> Any:
     """The address whose id is ``primary_email_address_id``, else the first, else None."""
     addresses = raw.get("email_addresses")
-    if not isinstance(addresses, list) or not addresses:
+    if type(addresses) is not list or not addresses:
         return None
-    usable = [a for a in addresses if isinstance(a, Mapping)]
     primary_id = raw.get("primary_email_address_id")
-    if primary_id is not None:
-        for address in usable:
-            if address.get("id") == primary_id:
-                return address.get("email_address")
-    return usable[0].get("email_address") if usable else None
+    first = None
+    for address in addresses:
+        if type(address) is not dict and not isinstance(address, Mapping):
+            continue
+        if first is None:
+            first = address
+        if primary_id is not None and address.get("id") == primary_id:
+            return address.get("email_address")
+    return first.get("email_address") if first is not None else None
 
 
 def image_url(raw: Mapping[str, Any]) -> Any:
     """``image_url``, else the deprecated ``profile_image_url``, else None."""
     for key in ("image_url", "profile_image_url"):
         value = raw.get(key)
-        if value not in (None, ""):
+        if value is not None and value != "":
             return value
     return None
 
@@ -141,12 +166,7 @@ def check_text(value: Any, limit: int | None) -> tuple[str | None, str | None]:
     """``(value, None)`` when it can be stored as is; ``(None, why)`` when it cannot."""
     if value is None or value == "":
         return None, None
-    if (  # the common case, decided cheaply
-        type(value) is str
-        and value.isascii()
-        and (limit is None or len(value) <= limit)
-        and "\x00" not in value
-    ):
+    if _plain(value, limit):
         return value, None
     if not isinstance(value, str):
         return None, f"not a string ({type(value).__name__})"
@@ -160,14 +180,3 @@ def check_text(value: Any, limit: int | None) -> tuple[str | None, str | None]:
     if limit is not None and len(value) > limit:
         return None, f"{len(value)} characters, longer than the column's {limit}"
     return value, None
-
-
-def _created_at(value: Any, clerk_id: str, warnings: list[FieldWarning]) -> datetime | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return datetime.fromtimestamp(value / 1000, tz=UTC)
-        except (OverflowError, OSError, ValueError):
-            pass
-    if value is not None:
-        warnings.append(FieldWarning(clerk_id, "created_at", "not a millisecond timestamp"))
-    return None
