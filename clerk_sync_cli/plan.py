@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -78,11 +77,6 @@ def plan_user(row: UserRow, existing: DbUser | None) -> list[Change]:
     if existing.has_settings:
         return [main]
     return [main, Change(row.clerk_id, Action.SETTINGS_MISSING)]
-
-
-def plan_page(rows: Iterable[UserRow], existing: Mapping[str, DbUser]) -> list[Change]:
-    """The changes for a page of Clerk users, given their rows already in the table."""
-    return [change for row in rows for change in plan_user(row, existing.get(row.clerk_id))]
 
 
 def plan_deactivation(existing: DbUser) -> Change:

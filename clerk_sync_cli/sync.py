@@ -57,7 +57,6 @@ from clerk_sync_cli.plan import (
     DbUser,
     DeactivationGuard,
     plan_deactivation,
-    plan_page,
     plan_user,
 )
 from clerk_sync_cli.store import Cursor, SchemaInfo, Store, process_alive
@@ -542,8 +541,9 @@ def _write_page(
     checkpoint: Callable[[Cursor], None] | None = None,
 ) -> int:
     """One page of users, one unit of work (the full walk's and ``sync``'s alike): record
-    them as seen by the run and read their rows in one round trip, plan, write, refresh the
-    lock and checkpoint, all in one transaction. Returns how many could not be read."""
+    them as seen by the run and compare them with their rows in one statement, plan the ones
+    that differ, write, refresh the lock and checkpoint, all in one transaction (two round
+    trips when nothing changed). Returns how many could not be read."""
     rejected = 0
     rows: dict[str, UserRow] = {}
     for mapped in page.mapped:
@@ -557,24 +557,31 @@ def _write_page(
     if page.newest_ms is not None:
         result.newest_ms = max(page.newest_ms, result.newest_ms or page.newest_ms)
 
-    def unit(cur: Cursor) -> tuple[list[Change], Counter[Action], list[Failure]]:
-        fresh, existing = store.see_and_fetch(
-            cur, run.id, list(rows), can_read_settings=schema.can_read_settings
+    def unit(cur: Cursor) -> tuple[list[Change], int, Counter[Action], list[Failure]]:
+        seen_before, differing = store.see_and_compare(
+            cur, run.id, list(rows.values()), can_read_settings=schema.can_read_settings
         )
-        changes = plan_page([row for clerk_id, row in rows.items() if clerk_id in fresh], existing)
+        changes: list[Change] = []
+        unchanged = 0
+        for clerk_id, row in rows.items():
+            if clerk_id in differing:
+                changes += plan_user(row, differing[clerk_id])
+            elif clerk_id not in seen_before:
+                unchanged += 1
         applied: Counter[Action] = Counter()
         failures: list[Failure] = []
         writes = [c for c in changes if c.action in WRITES]
         if writes and not options.dry_run:
             _apply(store, cur, schema, writes, applied, failures)
-        if run.locked:
-            store.heartbeat(cur, run.id)
-            if checkpoint is not None:
-                checkpoint(cur)
-        return changes, applied, failures
+        if checkpoint is not None and run.locked:
+            checkpoint(cur)
+        return changes, unchanged, applied, failures
 
-    changes, applied, failures = store.atomic(unit)
+    changes, unchanged, applied, failures = store.atomic(
+        unit, locked_by=run.id if run.locked else None, pipelined=True
+    )
     result.record(changes)
+    result.counts[Action.UNCHANGED] += unchanged
     result.applied.update(applied)
     result.failures.extend(failures)
     result.walk_failures += rejected + len(failures)

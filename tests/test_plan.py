@@ -13,7 +13,6 @@ from clerk_sync_cli.plan import (
     DbUser,
     DeactivationGuard,
     plan_deactivation,
-    plan_page,
     plan_user,
 )
 
@@ -81,15 +80,6 @@ def test_null_is_active_is_drift() -> None:
 def test_missing_settings_row_is_reported_beside_the_main_action() -> None:
     changes = plan_user(ROW, replace(DB, has_settings=False))
     assert [c.action for c in changes] == [Action.UNCHANGED, Action.SETTINGS_MISSING]
-
-
-def test_plan_page_looks_rows_up_by_clerk_id() -> None:
-    other = replace(ROW, clerk_id="user_b")
-    changes = plan_page([ROW, other], {"user_a": DB})
-    assert [(c.clerk_id, c.action) for c in changes] == [
-        ("user_a", Action.UNCHANGED),
-        ("user_b", Action.CREATE),
-    ]
 
 
 def test_deactivation_change() -> None:
