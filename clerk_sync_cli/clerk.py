@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -39,6 +40,8 @@ from clerk_sync_cli.errors import (
 from clerk_sync_cli.settings import key_kind
 
 T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
 PAGE_LIMIT = 500  # Clerk's maximum page size
 RATE_LIMITS = {"sk_live_": 1000, "sk_test_": 100}  # requests per 10 s, per instance
 
@@ -174,6 +177,14 @@ class RecentPage:
     done: bool  # reached below the watermark, or the end of the list
 
 
+def both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+    """Two independent requests at once: with Clerk's ~300 ms a request, the metadata a run
+    starts with costs two waits instead of four. The rate limiter paces them as any other."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clerk-meta") as pool:
+        later = pool.submit(second)
+        return first(), later.result()
+
+
 def walk_concurrently(
     client: ClerkClient,
     windows: Sequence[tuple[Window, str | None]],
@@ -294,18 +305,19 @@ class ClerkClient:
 
     def created_at_range(self) -> tuple[int, int] | None:
         """(oldest, newest) ``created_at`` in ms, or None when there are no users."""
-        ends: list[int] = []
-        for order in ("+created_at", "-created_at"):
-            page = self._get_json("/users", {"limit": 1, "order_by": order})
-            if not isinstance(page, list):
-                raise ClerkDataError("Clerk's user list is not a JSON array; stopping.")
-            if not page:
-                return None
-            created = page[0].get("created_at") if isinstance(page[0], dict) else None
-            if not isinstance(created, int):
-                raise ClerkDataError("A user has no numeric created_at; cannot split the walk.")
-            ends.append(created)
-        return ends[0], ends[1]
+        oldest, newest = both(lambda: self._end("+created_at"), lambda: self._end("-created_at"))
+        return None if oldest is None or newest is None else (oldest, newest)
+
+    def _end(self, order: str) -> int | None:
+        page = self._get_json("/users", {"limit": 1, "order_by": order})
+        if not isinstance(page, list):
+            raise ClerkDataError("Clerk's user list is not a JSON array; stopping.")
+        if not page:
+            return None
+        created = page[0].get("created_at") if isinstance(page[0], dict) else None
+        if not isinstance(created, int):
+            raise ClerkDataError("A user has no numeric created_at; cannot split the walk.")
+        return created
 
     def walk(
         self, window: Window, cursor: str | None = None, *, limit: int = PAGE_LIMIT

@@ -19,7 +19,6 @@ import typer
 
 from clerk_sync_cli import __version__, ddl
 from clerk_sync_cli.clerk import PAGE_LIMIT, ClerkClient, RetryPolicy
-from clerk_sync_cli.demo import demo_summary, run_demo
 from clerk_sync_cli.emulator import (
     DEFAULT_PORT,
     DEFAULT_SECRET_KEY,
@@ -643,6 +642,8 @@ def demo(
 
     Example: clerk-sync demo
     """
+    from clerk_sync_cli.demo import demo_summary, run_demo  # not loaded by the other commands
+
     reporter = Reporter(json_mode=json_out, sample=5)
     with handle_errors(reporter, "demo", []):
         outcome = run_demo(reporter, users=users, keep=keep)

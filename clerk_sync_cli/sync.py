@@ -23,6 +23,7 @@ from clerk_sync_cli.clerk import (
     ClerkClient,
     Page,
     Window,
+    both,
     split_windows,
     walk_concurrently,
 )
@@ -229,8 +230,8 @@ def reconcile(
     run = _begin(store, options, result)
     result.run_id = run.id
     try:
-        instance = _check_instance(client, store, run, options, result)
-        listed_before = client.count_users()
+        raw_instance, listed_before = both(client.get_instance, client.count_users)
+        instance = _check_instance(raw_instance, store, run, options, result)
         full = True
         if options.incremental:
             full = _sync_recent(
@@ -304,11 +305,11 @@ def _begin(store: Store, options: SyncOptions, result: SyncResult) -> _Run:
 
 
 def _check_instance(
-    client: ClerkClient, store: Store, run: _Run, options: SyncOptions, result: SyncResult
+    raw: dict[str, Any], store: Store, run: _Run, options: SyncOptions, result: SyncResult
 ) -> Instance:
-    """Record which Clerk instance the key belongs to; refuse one other than the pinned
-    instance; pin it on the first writing run."""
-    instance = Instance.from_clerk(client.get_instance())
+    """Record which Clerk instance the key belongs to (``raw``: Clerk's /instance answer);
+    refuse one other than the pinned instance; pin it on the first writing run."""
+    instance = Instance.from_clerk(raw)
     store.set_run_instance(run.id, instance)
     pin = store.pinned_instance()
     decision = decide_pin(
