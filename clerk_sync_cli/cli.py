@@ -8,6 +8,7 @@ print its report. Expected failures become a message and an exit code in one pla
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -164,6 +165,15 @@ def root(
     ] = False,
 ) -> None:
     """Make your Postgres `users` table match Clerk."""
+    _quiet_driver()
+
+
+def _quiet_driver() -> None:
+    """psycopg logs a warning when it cleans up after a lost connection ("error ignored
+    terminating <Pipeline [BAD]>"); Python prints such warnings when nobody handles them. The
+    lost connection is reported once, by us (reopened, or exit 5); CLERK_SYNC_DEBUG=1 shows them."""
+    if not os.environ.get("CLERK_SYNC_DEBUG"):
+        logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
 # -- the one place errors become exit codes ----------------------------------------------------

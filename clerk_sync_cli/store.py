@@ -15,7 +15,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -177,6 +177,7 @@ class Store:
     ) -> None:
         self._connect = connect
         self._conn: psycopg.Connection[Any] | None = None
+        self._pipeline: psycopg.Pipeline | None = None
         self.tables = tables or Tables()
         self.reconnect_attempts = reconnect_attempts
         self.reconnects = 0
@@ -215,13 +216,13 @@ class Store:
         mode); the unit waits only where it reads a result, and at COMMIT. A page costs two
         round trips instead of six, which matters most when the GIL is busy with the walk."""
         try:
-            with ExitStack() as stack:
-                if pipelined:
-                    stack.enter_context(self.conn.pipeline())
-                stack.enter_context(self.conn.transaction())
-                cur = stack.enter_context(self.conn.cursor())
-                cur.execute(self._timeouts)
-                yield cur
+            if pipelined:
+                with self._pipelined_transaction() as cur:
+                    yield cur
+            else:
+                with self.conn.transaction(), self.conn.cursor() as cur:
+                    cur.execute(self._timeouts)
+                    yield cur
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             raise BatchDataError(_reason(exc)) from None
         except psycopg.errors.InsufficientPrivilege as exc:
@@ -234,6 +235,36 @@ class Store:
                 f"The database connection failed: {_reason(exc)}",
                 "Nothing from the interrupted page was applied; rerun to converge.",
             ) from None
+
+    @contextmanager
+    def _pipelined_transaction(self) -> Iterator[Cursor]:
+        """BEGIN and COMMIT by hand in pipeline mode. psycopg's ``transaction()`` waits on
+        entry and twice on exit inside a pipeline; this waits once, at COMMIT. Savepoints
+        inside must be explicit statements too (see :meth:`upsert`)."""
+        conn = self.conn
+        with conn.pipeline() as pipeline, conn.cursor() as cur:
+            self._pipeline = pipeline
+            try:
+                cur.execute("BEGIN")
+                cur.execute(self._timeouts)
+                yield cur
+                cur.execute("COMMIT")
+                pipeline.sync()
+            except BaseException:
+                self._resync()
+                with suppress(psycopg.Error):
+                    cur.execute("ROLLBACK")
+                    pipeline.sync()
+                raise
+            finally:
+                self._pipeline = None
+
+    def _resync(self) -> None:
+        """After an error in pipeline mode, end the aborted stretch so statements run again
+        (the error itself was raised where its result was read)."""
+        if self._pipeline is not None:
+            with suppress(psycopg.Error):
+                self._pipeline.sync()
 
     def atomic(
         self,
@@ -872,16 +903,19 @@ class Store:
         inserted: set[str] = set()
         updated: set[str] = set()
         repaired: set[str] = set()
+        cur.execute("SAVEPOINT clerk_sync_batch")  # a statement: pipeline mode, see above
         try:
-            with cur.connection.transaction():
-                if rows:
-                    cur.execute(query, (_rows_json(rows),))
-                    for clerk_id, was_inserted in cur.fetchall():
-                        (inserted if was_inserted else updated).add(clerk_id)
-                if repair_settings_for:
-                    repaired = self._repair_settings(cur, repair_settings_for)
+            if rows:
+                cur.execute(query, (_rows_json(rows),))
+                for clerk_id, was_inserted in cur.fetchall():
+                    (inserted if was_inserted else updated).add(clerk_id)
+            if repair_settings_for:
+                repaired = self._repair_settings(cur, repair_settings_for)
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            self._resync()
+            cur.execute("ROLLBACK TO SAVEPOINT clerk_sync_batch")
             raise BatchDataError(_reason(exc)) from None
+        cur.execute("RELEASE SAVEPOINT clerk_sync_batch")
         return inserted, updated, repaired
 
     def _repair_settings(self, cur: Cursor, clerk_ids: Sequence[str]) -> set[str]:

@@ -85,8 +85,12 @@ def test_dropped_connection_is_reopened_and_the_run_converges(
                 )
 
     emulator.emulator.before_list = drop_connections
-    doc = cli.json("backfill", "--batch-size", "10", "--concurrency", "1")
+    child = spawn(cli, "backfill", "--json", "--batch-size", "10", "--concurrency", "1")
+    stdout, stderr = child.communicate(timeout=60)
     emulator.emulator.before_list = None
+    assert child.returncode == 0, stderr
+    assert stderr == "", "the driver's own complaint about the lost connection leaked"
+    doc = json.loads(stdout)
     assert doc["status"] == "ok"
     assert any("re-opened" in n for n in doc["notes"]), doc["notes"]
     assert count(db) == 50
