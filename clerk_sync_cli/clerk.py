@@ -44,6 +44,10 @@ A = TypeVar("A")
 B = TypeVar("B")
 PAGE_LIMIT = 500  # Clerk's maximum page size
 RATE_LIMITS = {"sk_live_": 1000, "sk_test_": 100}  # requests per 10 s, per instance
+#: Pages parsed at once. Parsing holds the GIL, so more parsers only hold more parsed pages
+#: (~5 MB each) in memory and in the way of the database thread; the requests themselves
+#: stay as concurrent as --concurrency says.
+PARSERS = 2
 
 
 @dataclass(frozen=True)
@@ -195,14 +199,16 @@ def walk_concurrently(
 ) -> Iterator[T]:
     """Walk several windows at once, each from its cursor, yielding ``prepare(page)`` as
     pages arrive (in order within a window). ``prepare`` runs in the worker, so what waits in
-    the queue (at most ``concurrency`` items) is its compact result, not a page of raw users.
+    the queue (a few items) is its compact result, not a page of raw users.
     The client's rate limiter paces every worker together. The first error stops the walk."""
     if concurrency <= 1 or len(windows) <= 1:
         for window, cursor in windows:
             for page in client.walk(window, cursor, limit=limit):
                 yield prepare(page)
         return
-    pages: queue.Queue[T | BaseException | None] = queue.Queue(maxsize=concurrency)
+    # a few prepared pages ahead are enough to keep the consumer busy; each walker waiting to
+    # queue one holds one more, so memory grows with --concurrency only by that much
+    pages: queue.Queue[T | BaseException | None] = queue.Queue(maxsize=min(concurrency, 4))
     todo: queue.SimpleQueue[tuple[Window, str | None]] = queue.SimpleQueue()
     for item in windows:
         todo.put(item)
@@ -225,7 +231,9 @@ def walk_concurrently(
                 except queue.Empty:
                     break
                 for page in client.walk(window, cursor, limit=limit):
-                    if not offer(prepare(page)):
+                    prepared = prepare(page)
+                    del page  # only the prepared page waits for the queue, not the parsed one
+                    if not offer(prepared):
                         return
         except BaseException as exc:  # handed to the consumer, which re-raises it
             offer(exc)
@@ -278,6 +286,7 @@ class ClerkClient:
         self.requests = 0
         self.offset_fallbacks = 0
         self._count_lock = threading.Lock()
+        self._parsing = threading.BoundedSemaphore(PARSERS)
 
     # -- the API -----------------------------------------------------------------------------
 
@@ -358,12 +367,15 @@ class ClerkClient:
                 raise ClerkDataError("A full page of users has no ids; cannot page on.")
             if not last and fallbacks and usable[-1] == fallbacks[-1]:
                 raise ClerkDataError("Loop detected in pagination: Clerk returned a page twice.")
-            yield Page(
-                window, page, usable[-1] if usable else (fallbacks[-1] if fallbacks else None), last
-            )
+            cursor = usable[-1] if usable else (fallbacks[-1] if fallbacks else None)
+            fallbacks = usable[-8:]  # where to step back to if the cursor user disappears
+            # Hand the parsed page (~5 MB of objects) over without keeping it in this frame:
+            # a walker that waits to queue its page would otherwise hold two.
+            held = [page]
+            del page, ids, usable
+            yield Page(window, held.pop(), cursor, last)
             if last:
                 return
-            fallbacks = usable[-8:]  # where to step back to if the cursor user disappears
 
     def walk_recent(
         self, since_ms: int, *, limit: int = PAGE_LIMIT, max_pages: int
@@ -478,7 +490,8 @@ class ClerkClient:
                 "Check CLERK_API_URL points at the Backend API (https://api.clerk.com/v1).",
             )
         try:
-            return pydantic_core.from_json(body)  # ~2x json.loads on big pages
+            with self._parsing:
+                return pydantic_core.from_json(body)  # ~2x json.loads on big pages
         except ValueError:
             raise RetriableError(f"truncated or non-JSON answer to {path}") from None
 
