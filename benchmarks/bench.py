@@ -1011,9 +1011,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--concurrency",
-        default="4,8",
+        default="8,16",
         help="latency mode: run clerk-sync diff once per value with --concurrency VALUE, if "
-        "clerk-sync has that option (default: 4,8)",
+        "clerk-sync has that option (default: 8,16)",
     )
     parser.add_argument(
         "--floor-runs", type=int, default=3, help="throughput mode: floor runs, best kept"
@@ -1048,7 +1048,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         try:
             args.concurrency_list = [int(c) for c in args.concurrency.split(",") if c.strip()]
         except ValueError:
-            parser.error("--concurrency takes comma-separated integers, e.g. 4,8")
+            parser.error("--concurrency takes comma-separated integers, e.g. 8,16")
     return args
 
 

@@ -62,9 +62,11 @@ from clerk_sync_cli.plan import (
 )
 from clerk_sync_cli.store import Cursor, SchemaInfo, Store, process_alive
 
-#: Windows of the list walked at once. With Clerk's ~300 ms per page this is what it takes to
-#: be API-bound rather than latency-bound; all of them share the one --max-rps pace.
-DEFAULT_CONCURRENCY = 8
+#: Windows of the list walked at once, all under the one --max-rps pace. At Clerk's ~300 ms a
+#: page, 16 in flight make ~50 requests/s: more than half a production key's limit (100/s),
+#: and a development key's (10/s) paces them anyway. Parsing is capped apart (clerk.PARSERS),
+#: so more walkers cost only the pages they hold (benchmarks/RESULTS.md: 8 missed 6x at 100k).
+DEFAULT_CONCURRENCY = 16
 
 WRITES = (Action.CREATE, Action.UPDATE, Action.REACTIVATE, Action.SETTINGS_MISSING)
 
@@ -442,8 +444,9 @@ def _full_pass(
 
 
 def _plan_windows(client: ClerkClient, options: SyncOptions, listed: int) -> list[Window]:
-    """One window per few pages' worth of users, up to 4 per worker; one for small lists."""
-    wanted = min(4 * options.concurrency, listed // (2 * options.page_size))
+    """One window per two pages' worth of users, up to 2 per worker (each window ends with a
+    short page, so more windows cost requests); one for small lists."""
+    wanted = min(2 * options.concurrency, listed // (2 * options.page_size))
     if options.concurrency <= 1 or wanted <= 1:
         return [Window(0)]
     span = client.created_at_range()
