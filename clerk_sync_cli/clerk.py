@@ -45,7 +45,7 @@ B = TypeVar("B")
 PAGE_LIMIT = 500  # Clerk's maximum page size
 RATE_LIMITS = {"sk_live_": 1000, "sk_test_": 100}  # requests per 10 s, per instance
 #: Pages parsed at once. Parsing holds the GIL, so more parsers only hold more parsed pages
-#: (~5 MB each) in memory and in the way of the database thread; the requests themselves
+#: (~2 MB each) in memory and in the way of the database thread; the requests themselves
 #: stay as concurrent as --concurrency says.
 PARSERS = 2
 
@@ -369,7 +369,7 @@ class ClerkClient:
                 raise ClerkDataError("Loop detected in pagination: Clerk returned a page twice.")
             cursor = usable[-1] if usable else (fallbacks[-1] if fallbacks else None)
             fallbacks = usable[-8:]  # where to step back to if the cursor user disappears
-            # Hand the parsed page (~5 MB of objects) over without keeping it in this frame:
+            # Hand the parsed page (~2 MB of objects) over without keeping it in this frame:
             # a walker that waits to queue its page would otherwise hold two.
             held = [page]
             del page, ids, usable
