@@ -84,3 +84,45 @@ def test_generated_edge_case_population_round_trips(
             assert stored(db, no_email_id)["email"] is None
         again = cli.json("diff", CLERK_API_URL=edgy.base_url)
         assert again["counts"]["unchanged"] == 600
+
+
+def test_near_miss_values_written_by_the_app_are_drift(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
+) -> None:
+    """Rows the web app wrote with values that are almost Clerk's: the comparison in SQL must
+    call each one different, as the plan does (an empty string is not NULL, NULL is not
+    true, case, trailing space and Unicode normalization all count), and one that is equal,
+    equal."""
+    clerk = emulator.emulator
+    no_name = clerk.create_user(first_name=None, last_name="Empty", email="empty@example.com")
+    active = clerk.create_user(first_name="Null", last_name="Active", email="null@example.com")
+    cased = clerk.create_user(first_name="Case", last_name="Mail", email="case@example.com")
+    spaced = clerk.create_user(first_name="Ann", last_name="Space", email="ann@example.com")
+    composed = clerk.create_user(first_name="Zo\u00eb", last_name="Nfc", email="zoe@example.com")
+    same = clerk.create_user(first_name="Same", last_name="Same", email="same@example.com")
+    for user, first, email, is_active in [
+        (no_name, "", "empty@example.com", True),
+        (active, "Null", "null@example.com", None),
+        (cased, "Case", "Case@Example.com", True),
+        (spaced, "Ann ", "ann@example.com", True),
+        (composed, "Zoe\u0308", "zoe@example.com", True),
+        (same, "Same", "same@example.com", True),
+    ]:
+        db.execute(
+            "INSERT INTO users (clerk_id, email, first_name, last_name, profile_image_url, "
+            "is_active) VALUES (%s, %s, %s, %s, %s, %s)",
+            (user["id"], email, first, user["last_name"], user["image_url"], is_active),
+        )
+
+    planned = cli.json("diff", "--dry-run")
+    assert planned["counts"]["update"] == 5, planned["changes"]
+    assert planned["counts"]["unchanged"] == 1
+    assert {c["clerk_id"] for c in planned["changes"]} == {
+        u["id"] for u in (no_name, active, cased, spaced, composed)
+    }
+    applied = cli.json("diff")
+    assert applied["applied"]["update"] == 5
+    assert stored(db, no_name["id"])["first_name"] is None
+    assert stored(db, active["id"])["is_active"] is True
+    assert stored(db, composed["id"])["first_name"] == "Zo\u00eb"
+    assert cli.json("diff")["counts"]["unchanged"] == 6
