@@ -253,7 +253,6 @@ def _run_sync(
 ) -> SyncResult:
     reporter = Reporter(json_mode=json_out, quiet=quiet)
     holder: list[Settings] = []
-    _tune_gc()
     with handle_errors(reporter, options.command, holder), ExitStack() as stack:
         settings = _settings(
             holder,
@@ -277,7 +276,9 @@ def _tune_gc() -> None:
     """A walk makes ~15,000 short-lived containers a page, freed by reference counting;
     Python's default thresholds would run ~20 collections a page over them, and full ones over
     everything queued (about a second of CPU per 100k users). Collect far less often, and
-    never look at what was imported. Cyclic garbage still goes: nothing big lives in it."""
+    never look at what was imported. Cyclic garbage still goes: nothing big lives in it.
+    Process-wide, so only the ``clerk-sync`` process does it (:func:`main`), not a host that
+    calls the app in-process (the tests)."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 
@@ -665,4 +666,5 @@ def demo(
 
 
 def main() -> None:
+    _tune_gc()
     app(prog_name="clerk-sync")
