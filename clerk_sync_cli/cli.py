@@ -165,15 +165,6 @@ def root(
     ] = False,
 ) -> None:
     """Make your Postgres `users` table match Clerk."""
-    _quiet_driver()
-
-
-def _quiet_driver() -> None:
-    """psycopg logs a warning when it cleans up after a lost connection ("error ignored
-    terminating <Pipeline [BAD]>"); Python prints such warnings when nobody handles them. The
-    lost connection is reported once, by us (reopened, or exit 5); CLERK_SYNC_DEBUG=1 shows them."""
-    if not os.environ.get("CLERK_SYNC_DEBUG"):
-        logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
 # -- the one place errors become exit codes ----------------------------------------------------
@@ -272,13 +263,21 @@ def _run_sync(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _quiet_driver() -> None:
+    """psycopg logs a warning when it cleans up after a lost connection ("error ignored
+    terminating <Pipeline [BAD]>"); Python prints such warnings when nobody handles them. The
+    lost connection is reported once, by us (reopened, or exit 5); CLERK_SYNC_DEBUG=1 shows them."""
+    if not os.environ.get("CLERK_SYNC_DEBUG"):
+        logging.getLogger("psycopg").addHandler(logging.NullHandler())
+
+
 def _tune_gc() -> None:
     """A walk makes ~15,000 short-lived containers a page, freed by reference counting;
     Python's default thresholds would run ~20 collections a page over them, and full ones over
     everything queued (about a second of CPU per 100k users). Collect far less often, and
     never look at what was imported. Cyclic garbage still goes: nothing big lives in it.
-    Process-wide, so only the ``clerk-sync`` process does it (:func:`main`), not a host that
-    calls the app in-process (the tests)."""
+    Process-wide, like :func:`_quiet_driver`: only the ``clerk-sync`` process does it
+    (:func:`main`), not a host that calls the app in-process (the tests)."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 
@@ -666,5 +665,6 @@ def demo(
 
 
 def main() -> None:
+    _quiet_driver()
     _tune_gc()
     app(prog_name="clerk-sync")
