@@ -144,7 +144,7 @@ ROW_TYPES = {
 def _incoming(alias: str) -> sql.Composed:
     """A page of :class:`UserRow` sent as one JSON parameter (see :func:`_rows_json`), as a
     relation: one set-based statement a page. JSON rather than arrays: pydantic-core writes it
-    in native code, where psycopg builds arrays in Python, a tenth of the CPU."""
+    in native code, where psycopg builds binary arrays element by element in Python."""
     columns = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(kind))
         for name, kind in ROW_TYPES.items()
