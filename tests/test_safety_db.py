@@ -153,6 +153,37 @@ def test_overlapping_runs_exactly_one_applies(
     assert count(db) == 200
 
 
+def test_a_run_whose_lock_was_taken_over_stops_before_its_next_commit(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any], dsn: str
+) -> None:
+    """A run silent past the stale limit (a suspended laptop) may be taken over; when it wakes
+    up, its next page must not commit: each page refreshes the lock and checks it is still
+    its own inside the page's transaction."""
+    populate(emulator, 100)
+    written_at_takeover: list[int] = []
+
+    def take_over(request: int) -> None:
+        if request == 4:  # a few pages in
+            with psycopg.connect(dsn, autocommit=True) as other:
+                [(run_id,)] = other.execute(
+                    "INSERT INTO clerk_sync.runs (command, status) "
+                    "VALUES ('backfill', 'running') RETURNING id"
+                ).fetchall()
+                other.execute(
+                    "UPDATE clerk_sync.locks SET run_id = %s, pid = 1, heartbeat_at = now()",
+                    (run_id,),
+                )
+                written_at_takeover.append(count(other))
+
+    emulator.emulator.before_list = take_over
+    result = cli("backfill", "--json", "--batch-size", "10", "--concurrency", "1")
+    emulator.emulator.before_list = None
+    assert result.exit_code == 3, result.stderr
+    assert "took over the lock" in result.stderr
+    assert 0 < written_at_takeover[0] < 100
+    assert count(db) == written_at_takeover[0], "a page committed after the lock was lost"
+
+
 @pytest.fixture
 def pgbouncer(dsn: str) -> Iterator[str]:
     """PgBouncer in transaction pooling mode (like Supabase's pooler on 6543) in front of the
