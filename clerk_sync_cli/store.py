@@ -51,6 +51,10 @@ Cursor = psycopg.Cursor[Any]
 STATE_SCHEMA = "clerk_sync"
 REQUIRED_USER_COLUMNS = ("id", "clerk_id", *SYNCED_FIELDS, "created_at")
 LOCK_NAME = "sync"
+#: Finished runs older than this are deleted by the next writing run (a 5-minute cron makes
+#: ~105k a year), except what ``sync`` and ``status`` read: each instance's newest watermark
+#: and baseline, the newest full reconcile, and any run a later one may resume.
+RUN_HISTORY_DAYS = 90
 GRANTS_HINT = "See README → Safety → least-privilege role for the grants clerk-sync needs."
 
 
@@ -154,6 +158,22 @@ def _incoming(alias: str) -> sql.Composed:
 
 def _rows_json(rows: Sequence[UserRow]) -> Json:
     return Json([vars(row) for row in rows], dumps=pydantic_core.to_json)
+
+
+PRUNE_RUNS = (
+    "WITH gone AS (DELETE FROM clerk_sync.runs r "
+    "WHERE r.finished_at < now() - make_interval(days => %s) "
+    "AND r.id NOT IN (SELECT DISTINCT ON (instance_id) id FROM clerk_sync.runs "
+    "WHERE NOT dry_run AND watermark_ms IS NOT NULL ORDER BY instance_id, id DESC) "
+    "AND r.id NOT IN (SELECT DISTINCT ON (instance_id) id FROM clerk_sync.runs "
+    "WHERE NOT dry_run AND summary ? 'baseline' ORDER BY instance_id, id DESC) "
+    "AND r.id NOT IN (SELECT id FROM clerk_sync.runs WHERE NOT dry_run "
+    "AND status IN ('ok', 'partial') AND (command = ANY(%s) OR summary->>'mode' = 'full') "
+    "ORDER BY id DESC LIMIT 1) "
+    "AND NOT EXISTS (SELECT 1 FROM clerk_sync.run_windows w WHERE w.run_id = r.id) "
+    "RETURNING r.id) "
+    "DELETE FROM clerk_sync.run_seen WHERE run_id IN (SELECT id FROM gone)"
+)
 
 
 def _one(cur: Cursor) -> Any:
@@ -482,9 +502,11 @@ class Store:
         *,
         resumable: bool = False,
         watermark_ms: int | None = None,
+        prune: bool = False,
     ) -> None:
         """Record how the run ended and release its lock. Unless ``resumable`` (an interrupted
-        run the next one continues), its scratch rows and checkpoints are dropped."""
+        run the next one continues), its scratch rows and checkpoints are dropped. ``prune``
+        (writing runs): delete history older than :data:`RUN_HISTORY_DAYS`."""
 
         def finish(cur: Cursor) -> None:
             cur.execute(
@@ -496,6 +518,8 @@ class Store:
             if not resumable:
                 cur.execute("DELETE FROM clerk_sync.run_seen WHERE run_id = %s", (run_id,))
                 cur.execute("DELETE FROM clerk_sync.run_windows WHERE run_id = %s", (run_id,))
+            if prune:
+                cur.execute(PRUNE_RUNS, (RUN_HISTORY_DAYS, list(FULL_COMMANDS)))
             cur.execute(
                 "DELETE FROM clerk_sync.locks WHERE name = %s AND run_id = %s", (LOCK_NAME, run_id)
             )

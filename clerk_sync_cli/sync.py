@@ -470,7 +470,12 @@ def _finish(
                 result.previous_watermark_ms, result.newest_ms, store.run_started_ms(run.id)
             )
         store.finish_run(
-            run.id, result.status, summary, resumable=resumable, watermark_ms=result.watermark_ms
+            run.id,
+            result.status,
+            summary,
+            resumable=resumable,
+            watermark_ms=result.watermark_ms,
+            prune=run.locked,
         )
     except ClerkSyncError:
         if error is None:

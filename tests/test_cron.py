@@ -492,3 +492,57 @@ def test_a_failing_ping_warns_with_the_host_only_and_keeps_the_exit_code(
     finally:
         refusing.close()
     json.loads(cli("sync", "--json", "--ping-url", unreachable).stdout)  # stdout stays one doc
+
+
+def test_old_history_is_pruned_but_not_what_sync_and_status_read(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
+) -> None:
+    """A 5-minute cron makes ~105k runs a year: writing runs delete finished runs older than
+    90 days, but never the newest watermark or baseline of an instance, the newest full
+    reconcile, a run with checkpoints to resume, or anything recent."""
+    populate(emulator, 3)
+    old = "now() - interval '100 days'"
+
+    def add(command: str, status: str, extra: str = "", values: str = "") -> int:
+        [(run_id,)] = db.execute(
+            f"INSERT INTO clerk_sync.runs (command, status, started_at, finished_at{extra}) "
+            f"VALUES ('{command}', '{status}', {old}, {old}{values}) RETURNING id"
+        ).fetchall()
+        db.execute(
+            "INSERT INTO clerk_sync.run_seen (run_id, clerk_id) VALUES (%s, 'user_x')", (run_id,)
+        )
+        return int(run_id)
+
+    plain = [add("sync", "ok", ", instance_id", ", 'ins_other'") for _ in range(3)]
+    dry = add("diff", "ok", ", dry_run", ", true")
+    mark = add("sync", "ok", ", instance_id, watermark_ms", ", 'ins_other', 1700000000000")
+    baseline = add(
+        "sync",
+        "ok",
+        ", instance_id, summary",
+        """, 'ins_other', '{"baseline": {"table_rows": 3, "clerk_users": 3}}'""",
+    )
+    resumable = add("diff", "interrupted")
+    db.execute(
+        "INSERT INTO clerk_sync.run_windows (run_id, window_no) VALUES (%s, 0)", (resumable,)
+    )
+    full = add("diff", "ok")
+    recent = int(
+        db.execute(
+            "INSERT INTO clerk_sync.runs (command, status, finished_at) "
+            "VALUES ('sync', 'ok', now() - interval '10 days') RETURNING id"
+        ).fetchall()[0][0]
+    )
+
+    assert cli.json("diff", "--dry-run")["status"] == "ok"  # a dry run prunes nothing
+    assert len(db.execute("SELECT id FROM clerk_sync.runs").fetchall()) == 9 + 1
+    assert cli.json("backfill")["status"] == "ok"
+
+    left = {r[0] for r in db.execute("SELECT id FROM clerk_sync.runs").fetchall()}
+    assert left.isdisjoint(plain)
+    assert dry not in left
+    assert {mark, baseline, resumable, full, recent} <= left
+    assert not db.execute(
+        "SELECT 1 FROM clerk_sync.run_seen WHERE run_id = ANY(%s)", ([*plain, dry],)
+    ).fetchall(), "the scratch rows of deleted runs stay behind"
+    assert cli.json("status")["last_full_reconcile"]["id"] == full
