@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import psycopg
 import pydantic_core
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Json, Jsonb
 
@@ -258,26 +259,28 @@ class Store:
 
     @contextmanager
     def _pipelined_transaction(self) -> Iterator[Cursor]:
-        """BEGIN and COMMIT by hand in pipeline mode. psycopg's ``transaction()`` waits on
-        entry and twice on exit inside a pipeline; this waits once, at COMMIT. Savepoints
-        inside must be explicit statements too (see :meth:`upsert`)."""
+        """BEGIN and COMMIT by hand in pipeline mode: COMMIT is answered by the Sync that closes
+        the pipeline, the unit's only wait besides the results it reads (psycopg's
+        ``transaction()`` waits on entry and twice on exit inside a pipeline). Savepoints
+        inside must be explicit statements too (see :meth:`upsert`). If anything fails, the
+        transaction is rolled back once the pipeline is closed."""
         conn = self.conn
-        with conn.pipeline() as pipeline, conn.cursor() as cur:
-            self._pipeline = pipeline
-            try:
+        cur = conn.cursor()
+        try:
+            with conn.pipeline() as pipeline:
+                self._pipeline = pipeline
                 cur.execute("BEGIN")
                 cur.execute(self._timeouts)
                 yield cur
                 cur.execute("COMMIT")
-                pipeline.sync()
-            except BaseException:
-                self._resync()
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
                 with suppress(psycopg.Error):
-                    cur.execute("ROLLBACK")
-                    pipeline.sync()
-                raise
-            finally:
-                self._pipeline = None
+                    conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._pipeline = None
+            cur.close()
 
     def _resync(self) -> None:
         """After an error in pipeline mode, end the aborted stretch so statements run again
