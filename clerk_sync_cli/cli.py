@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import httpx
 import typer
@@ -42,7 +42,6 @@ from clerk_sync_cli.store import Store, connect
 from clerk_sync_cli.sync import (
     DEFAULT_CONCURRENCY,
     SyncOptions,
-    SyncResult,
     collect_status,
     inspect_user,
     reconcile,
@@ -241,26 +240,29 @@ def _run_sync(
     json_out: bool,
     quiet: bool,
     prompt: bool,
-) -> SyncResult:
-    reporter = Reporter(json_mode=json_out, quiet=quiet)
-    holder: list[Settings] = []
-    with handle_errors(reporter, options.command, holder), ExitStack() as stack:
-        settings = _settings(
-            holder,
-            reporter,
-            clerk_secret_key=clerk_secret_key,
-            database_url=database_url,
-            clerk_api_url=clerk_api_url,
-        )
-        client = _clerk(stack, settings, max_rps)
-        store = _store(stack, settings)
-        confirm = reporter.confirm_deactivation if prompt and _interactive() else None
-        result = reconcile(
-            client, store, options, progress=reporter.progress("Reading Clerk"), confirm=confirm
-        )
-        reporter.sync_result(result)
-        return result
-    raise AssertionError("unreachable")  # pragma: no cover
+    ping_url: str | None,
+    fail_on_drift: bool = False,
+) -> NoReturn:
+    """backfill, diff and sync: run, print the report, ping, and exit with the run's code."""
+    with _pinging(ping_url, json_out):
+        reporter = Reporter(json_mode=json_out, quiet=quiet)
+        holder: list[Settings] = []
+        with handle_errors(reporter, options.command, holder), ExitStack() as stack:
+            settings = _settings(
+                holder,
+                reporter,
+                clerk_secret_key=clerk_secret_key,
+                database_url=database_url,
+                clerk_api_url=clerk_api_url,
+            )
+            client = _clerk(stack, settings, max_rps)
+            store = _store(stack, settings)
+            confirm = reporter.confirm_deactivation if prompt and _interactive() else None
+            result = reconcile(
+                client, store, options, progress=reporter.progress("Reading Clerk"), confirm=confirm
+            )
+            reporter.sync_result(result)
+        raise typer.Exit(int(result.exit_code(fail_on_drift=fail_on_drift)))
 
 
 def _quiet_driver() -> None:
@@ -340,18 +342,17 @@ def backfill(
         concurrency=concurrency,
         allow_instance_change=allow_instance_change,
     )
-    with _pinging(ping_url, json_out):
-        result = _run_sync(
-            options,
-            clerk_secret_key=clerk_secret_key,
-            database_url=database_url,
-            clerk_api_url=clerk_api_url,
-            max_rps=max_rps,
-            json_out=json_out,
-            quiet=quiet,
-            prompt=False,
-        )
-        raise typer.Exit(int(result.exit_code()))
+    _run_sync(
+        options,
+        clerk_secret_key=clerk_secret_key,
+        database_url=database_url,
+        clerk_api_url=clerk_api_url,
+        max_rps=max_rps,
+        json_out=json_out,
+        quiet=quiet,
+        prompt=False,
+        ping_url=ping_url,
+    )
 
 
 @app.command()
@@ -386,18 +387,18 @@ def diff(
         guard=DeactivationGuard(max_deactivations=max_deactivations),
         allow_instance_change=allow_instance_change,
     )
-    with _pinging(ping_url, json_out):
-        result = _run_sync(
-            options,
-            clerk_secret_key=clerk_secret_key,
-            database_url=database_url,
-            clerk_api_url=clerk_api_url,
-            max_rps=max_rps,
-            json_out=json_out,
-            quiet=quiet,
-            prompt=not yes,
-        )
-        raise typer.Exit(int(result.exit_code(fail_on_drift=exit_code)))
+    _run_sync(
+        options,
+        clerk_secret_key=clerk_secret_key,
+        database_url=database_url,
+        clerk_api_url=clerk_api_url,
+        max_rps=max_rps,
+        json_out=json_out,
+        quiet=quiet,
+        prompt=not yes,
+        ping_url=ping_url,
+        fail_on_drift=exit_code,
+    )
 
 
 @app.command("sync")
@@ -451,18 +452,17 @@ def sync_command(
         overlap_s=overlap_minutes * 60,
         full=not no_full,
     )
-    with _pinging(ping_url, json_out):
-        result = _run_sync(
-            options,
-            clerk_secret_key=clerk_secret_key,
-            database_url=database_url,
-            clerk_api_url=clerk_api_url,
-            max_rps=max_rps,
-            json_out=json_out,
-            quiet=quiet,
-            prompt=not yes,
-        )
-        raise typer.Exit(int(result.exit_code()))
+    _run_sync(
+        options,
+        clerk_secret_key=clerk_secret_key,
+        database_url=database_url,
+        clerk_api_url=clerk_api_url,
+        max_rps=max_rps,
+        json_out=json_out,
+        quiet=quiet,
+        prompt=not yes,
+        ping_url=ping_url,
+    )
 
 
 @app.command()
