@@ -161,15 +161,23 @@ def _rows_json(rows: Sequence[UserRow]) -> Json:
     return Json([vars(row) for row in rows], dumps=pydantic_core.to_json)
 
 
+# The runs `sync` and `status` read back (Store.sync_state, Store.last_full_reconcile), and
+# so what PRUNE_RUNS must keep: one definition each. FULL_RECONCILE takes FULL_COMMANDS.
+WATERMARK_RUN = "NOT dry_run AND watermark_ms IS NOT NULL"
+BASELINE_RUN = "NOT dry_run AND summary ? 'baseline'"
+FULL_RECONCILE = (
+    "NOT dry_run AND status IN ('ok', 'partial') "
+    "AND (command = ANY(%s) OR summary->>'mode' = 'full')"
+)
+
 PRUNE_RUNS = (
     "WITH gone AS (DELETE FROM clerk_sync.runs r "
     "WHERE r.finished_at < now() - make_interval(days => %s) "
     "AND r.id NOT IN (SELECT DISTINCT ON (instance_id) id FROM clerk_sync.runs "
-    "WHERE NOT dry_run AND watermark_ms IS NOT NULL ORDER BY instance_id, id DESC) "
+    f"WHERE {WATERMARK_RUN} ORDER BY instance_id, id DESC) "
     "AND r.id NOT IN (SELECT DISTINCT ON (instance_id) id FROM clerk_sync.runs "
-    "WHERE NOT dry_run AND summary ? 'baseline' ORDER BY instance_id, id DESC) "
-    "AND r.id NOT IN (SELECT id FROM clerk_sync.runs WHERE NOT dry_run "
-    "AND status IN ('ok', 'partial') AND (command = ANY(%s) OR summary->>'mode' = 'full') "
+    f"WHERE {BASELINE_RUN} ORDER BY instance_id, id DESC) "
+    f"AND r.id NOT IN (SELECT id FROM clerk_sync.runs WHERE {FULL_RECONCILE} "
     "ORDER BY id DESC LIMIT 1) "
     "AND NOT EXISTS (SELECT 1 FROM clerk_sync.run_windows w WHERE w.run_id = r.id) "
     "RETURNING r.id) "
@@ -720,15 +728,14 @@ class Store:
         def read(cur: Cursor) -> SyncState:
             cur.execute(
                 "SELECT watermark_ms FROM clerk_sync.runs WHERE instance_id = %s "
-                "AND NOT dry_run AND watermark_ms IS NOT NULL ORDER BY id DESC LIMIT 1",
+                f"AND {WATERMARK_RUN} ORDER BY id DESC LIMIT 1",
                 (instance_id,),
             )
             mark = cur.fetchone()
             cur.execute(
                 "SELECT (summary->'baseline'->>'table_rows')::bigint, "
                 "(summary->'baseline'->>'clerk_users')::bigint FROM clerk_sync.runs "
-                "WHERE instance_id = %s AND NOT dry_run AND summary ? 'baseline' "
-                "ORDER BY id DESC LIMIT 1",
+                f"WHERE instance_id = %s AND {BASELINE_RUN} ORDER BY id DESC LIMIT 1",
                 (instance_id,),
             )
             base = cur.fetchone()
@@ -759,9 +766,8 @@ class Store:
 
         def read(cur: Cursor) -> RunRecord | None:
             cur.execute(
-                f"SELECT {self._RUN_COLUMNS} FROM clerk_sync.runs WHERE NOT dry_run "
-                "AND status IN ('ok', 'partial') "
-                "AND (command = ANY(%s) OR summary->>'mode' = 'full') ORDER BY id DESC LIMIT 1",
+                f"SELECT {self._RUN_COLUMNS} FROM clerk_sync.runs WHERE {FULL_RECONCILE} "
+                "ORDER BY id DESC LIMIT 1",
                 (list(FULL_COMMANDS),),
             )
             row = cur.fetchone()
