@@ -19,7 +19,16 @@ import httpx
 import typer
 
 from clerk_sync_cli import __version__, ddl
-from clerk_sync_cli.clerk import PAGE_LIMIT, ClerkClient, RetryPolicy
+from clerk_sync_cli.clerk import PAGE_LIMIT, ClerkClient, RetryPolicy, default_max_rps
+from clerk_sync_cli.doctor import (
+    ClerkFacts,
+    DatabaseFacts,
+    Facts,
+    diagnose,
+    failed,
+    gather_clerk,
+    gather_database,
+)
 from clerk_sync_cli.emulator import (
     DEFAULT_PORT,
     DEFAULT_SECRET_KEY,
@@ -28,6 +37,7 @@ from clerk_sync_cli.emulator import (
     serve,
 )
 from clerk_sync_cli.errors import ClerkSyncError, ConfigError, ExitCode
+from clerk_sync_cli.init_db import init_db as run_init_db
 from clerk_sync_cli.ping import ping
 from clerk_sync_cli.plan import DeactivationGuard
 from clerk_sync_cli.report import Reporter
@@ -37,6 +47,7 @@ from clerk_sync_cli.settings import (
     env_file_warning,
     key_kind,
     load_settings,
+    setting_sources,
 )
 from clerk_sync_cli.store import Store, connect
 from clerk_sync_cli.sync import (
@@ -206,10 +217,13 @@ def _settings(holder: list[Settings], reporter: Reporter, **given: str | None) -
     return settings
 
 
-def _clerk(stack: ExitStack, settings: Settings, max_rps: float | None) -> ClerkClient:
+def _clerk(
+    stack: ExitStack, settings: Settings, max_rps: float | None, *, attempts: int | None = None
+) -> ClerkClient:
     http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0)))
     retry = RetryPolicy(
-        attempts=settings.clerk_sync_max_attempts, max_seconds=settings.clerk_sync_retry_seconds
+        attempts=attempts or settings.clerk_sync_max_attempts,
+        max_seconds=settings.clerk_sync_retry_seconds,
     )
     return ClerkClient(
         http, settings.api_url(), settings.secret_key(), max_rps=max_rps, retry=retry
@@ -533,26 +547,82 @@ def init_db(
     json_out: JsonOpt = False,
     database_url: DatabaseUrlOpt = None,
 ) -> None:
-    """Create the users and settings tables, triggers and clerk-sync's own schema, if absent.
-
-    Idempotent and additive: never drops or alters anything that exists.
+    """On a project without a users table: create the integration guide's tables and triggers.
+    On every project: create or update clerk-sync's own schema (clerk_sync), then report what
+    it found. Never creates, changes or drops anything in an existing app schema.
 
     Example: clerk-sync init-db --print > clerk-sync.sql
     """
     reporter = Reporter(json_mode=json_out)
     holder: list[Settings] = []
-    with handle_errors(reporter, "init-db", holder):
+    with handle_errors(reporter, "init-db", holder), ExitStack() as stack:
         if print_sql:
-            reporter.sql_script(ddl.script())
+            reporter.sql_script(ddl.script(load_settings().tables()))
             return
         settings = _settings(holder, reporter, database_url=database_url)
-        dsn = settings.dsn()
-        with Store(lambda: connect(dsn)) as store:
-            applied = []
-            for sql_file in ddl.sql_files():
-                store.apply_sql(sql_file.name, sql_file.text)
-                applied.append(sql_file.name)
-        reporter.init_db(applied, str(describe_dsn(dsn)))
+        store = _store(stack, settings)
+        result = run_init_db(store)
+        reporter.init_db(result, str(describe_dsn(settings.dsn())))
+
+
+@app.command()
+def doctor(
+    fix: Annotated[
+        bool,
+        typer.Option(
+            "--fix",
+            help="Drop the settings trigger an older init-db added beside the app's own "
+            "(only one known with certainty to be clerk-sync's). Changes nothing else.",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+    max_rps: MaxRpsOpt = None,
+    clerk_secret_key: SecretKeyOpt = None,
+    database_url: DatabaseUrlOpt = None,
+    clerk_api_url: ApiUrlOpt = None,
+) -> None:
+    """Check settings, Clerk, Postgres, the users table, its triggers and clerk-sync's
+    bookkeeping: one line each, with the fix. Reads only (unless --fix). Exits 2 on any ✗.
+
+    Example: clerk-sync doctor
+    """
+    reporter = Reporter(json_mode=json_out)
+    holder: list[Settings] = []
+    with handle_errors(reporter, "doctor", holder), ExitStack() as stack:
+        settings = _settings(
+            holder,
+            reporter,
+            clerk_secret_key=clerk_secret_key,
+            database_url=database_url,
+            clerk_api_url=clerk_api_url,
+        )
+        given = {
+            "CLERK_SECRET_KEY": clerk_secret_key,
+            "DATABASE_URL": database_url,
+            "CLERK_API_URL": clerk_api_url,
+        }
+        facts = Facts(setting_sources(given), env_file_warning(), None, None)
+        try:
+            key, _ = settings.secret_key(), settings.api_url()
+        except ConfigError as exc:
+            facts.setting_errors.append(exc.message)
+        else:
+            client = _clerk(stack, settings, max_rps, attempts=2)
+            facts.clerk = ClerkFacts(key_kind(key), max_rps or default_max_rps(key))
+            gather_clerk(facts.clerk, client.get_instance, client.count_users)
+        try:
+            dsn = settings.dsn()
+        except ConfigError as exc:
+            facts.setting_errors.append(exc.message)
+        else:
+            store = stack.enter_context(Store(lambda: connect(dsn), settings.tables()))
+            facts.database = DatabaseFacts(describe_dsn(dsn))
+            gather_database(facts.database, store, fix=fix)
+        checks = diagnose(facts)
+        ok = not failed(checks)
+        reporter.doctor(checks, facts.database.fixed if facts.database else [], ok)
+    if not ok:
+        raise typer.Exit(int(ExitCode.CONFIG))
 
 
 @app.command()

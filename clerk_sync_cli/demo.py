@@ -19,11 +19,11 @@ from typing import Any, Protocol
 import httpx
 from pydantic import SecretStr
 
-from clerk_sync_cli import ddl
 from clerk_sync_cli.clerk import ClerkClient
 from clerk_sync_cli.embedded_postgres import embedded_postgres, stop_command
 from clerk_sync_cli.emulator import DEFAULT_SECRET_KEY
 from clerk_sync_cli.errors import ClerkSyncError
+from clerk_sync_cli.init_db import init_db
 from clerk_sync_cli.store import Store, connect
 from clerk_sync_cli.sync import Progress, SyncOptions, SyncResult, reconcile
 
@@ -134,9 +134,8 @@ def run_demo(
         dsn = stack.enter_context(embedded_postgres(keep=keep))
         outcome.database_url = dsn
         store = stack.enter_context(Store(lambda: connect(dsn)))
-        steps.step("Applying sql/ (what `clerk-sync init-db` does)")
-        for sql_file in ddl.sql_files():
-            store.apply_sql(sql_file.name, sql_file.text)
+        steps.step("Creating the guide's tables (what `clerk-sync init-db` does on a new project)")
+        init_db(store)
         steps.step(f"Starting the Clerk emulator with {users} users (some awkward on purpose)")
         base_url, pid = stack.enter_context(emulator_process(users, seed, keep))
         outcome.clerk_api_url, outcome.emulator_pid = base_url, pid

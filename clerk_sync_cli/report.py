@@ -18,8 +18,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from clerk_sync_cli.doctor import Check, Level
 from clerk_sync_cli.errors import ClerkSyncError
 from clerk_sync_cli.history import RunRecord
+from clerk_sync_cli.init_db import InitResult
 from clerk_sync_cli.plan import ACTIONS, Action, Change
 from clerk_sync_cli.sync import StatusReport, SyncResult, UserReport
 
@@ -129,6 +131,7 @@ def status_json(report: StatusReport) -> dict[str, Any]:
         "command": "status",
         "status": "ok",
         "in_progress": report.in_progress,
+        "bookkeeping": report.bookkeeping,
         "lock": {
             "state": lock.state,
             "run_id": lock.run_id,
@@ -162,6 +165,19 @@ def status_json(report: StatusReport) -> dict[str, Any]:
             "counts": finished[0][0].summary.get("counts"),
         },
         "runs": [run_json(run, shown) for run, shown in report.runs],
+    }
+
+
+_MARKS = {Level.OK: "[green]✓[/]", Level.WARN: "[yellow]![/]", Level.FAIL: "[red]✗[/]"}
+
+
+def check_json(check: Check) -> dict[str, Any]:
+    return {
+        "area": check.area,
+        "check": check.name,
+        "result": check.level.value,
+        "detail": check.detail,
+        "fix": check.fix,
     }
 
 
@@ -379,19 +395,73 @@ class Reporter:
             verb = "Applied" if report.applied else "Planned"
             self.out.print(f"{verb}: " + escape(self._change_line(change)))
 
-    def init_db(self, applied: list[str], target: str) -> None:
+    def init_db(self, result: InitResult, target: str) -> None:
         if self.json_mode:
             self.document(
-                {"command": "init-db", "status": "ok", "database": target, "applied": applied}
+                {
+                    "command": "init-db",
+                    "status": "ok",
+                    "database": target,
+                    "app_schema": "created" if result.created_app_schema else "existing",
+                    "applied": result.applied,
+                    "findings": [check_json(c) for c in result.findings],
+                }
             )
             return
-        for name in applied:
+        for name in result.applied:
             self.out.print(f"applied {name}")
+        if result.created_app_schema:
+            self.out.print(
+                "Created the guide's users and settings tables and their triggers "
+                "(marked as clerk-sync's)."
+            )
+        else:
+            t = result.project.tables
+            self.out.print(
+                f"{t.schema}.{t.users} exists: the app's schema was left exactly as it is "
+                "(no table, column, function, trigger or extension created or changed). Found:"
+            )
+        self.checks(result.findings)
         self.out.print(f"Schema ready in {target}.")
+
+    def checks(self, checks: Sequence[Check]) -> None:
+        """One line a check (✓ / ! / ✗), and the fix under anything not ✓."""
+        width = max((len(f"{c.area}: {c.name}") for c in checks), default=0)
+        for check in checks:
+            mark = _MARKS[check.level]
+            label = f"{check.area}: {check.name}".ljust(width)
+            self.out.print(f"{mark} {escape(label)}  {escape(check.detail)}")
+            if check.fix and check.level is not Level.OK:
+                self.out.print(f"  [dim]fix:[/] {escape(check.fix)}")
+
+    def doctor(self, checks: Sequence[Check], fixed: Sequence[str], ok: bool) -> None:
+        if self.json_mode:
+            self.document(
+                {
+                    "command": "doctor",
+                    "status": "ok" if ok else "failed",
+                    "checks": [check_json(c) for c in checks],
+                    "fixed": list(fixed),
+                }
+            )
+            return
+        for line in fixed:
+            self.out.print(f"fixed: dropped trigger {escape(line)}")
+        self.checks(checks)
+        if ok:
+            self.out.print("Nothing is ✗: next, `clerk-sync diff --dry-run`.")
+        else:
+            self.out.print("Fix what is marked ✗ above, then run `clerk-sync doctor` again.")
 
     def status(self, report: StatusReport) -> None:
         if self.json_mode:
             self.document(status_json(report))
+            return
+        if not report.bookkeeping:
+            self.out.print(
+                "No clerk-sync bookkeeping in this database yet (schema clerk_sync): no runs, "
+                "no pinned instance. The first writing run creates it."
+            )
             return
         lock = report.lock
         if lock.state == "free":

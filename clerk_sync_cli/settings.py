@@ -153,11 +153,64 @@ def describe_dsn(dsn: str) -> DatabaseTarget:
 
 
 def env_file_warning(path: Path = Path(".env")) -> str | None:
-    """A warning when ``.env`` holds secrets but is readable by group or others."""
+    """A warning when ``.env`` holds secrets but is readable (or writable) by others."""
     try:
         mode = path.stat().st_mode
     except OSError:
         return None
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         return f"{path} is readable by other users of this machine; run: chmod 600 {path}"
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by other users of this machine; run: chmod 600 {path}"
     return None
+
+
+#: The variables ``doctor`` reports, in the order it shows them.
+REPORTED_SETTINGS = (
+    "CLERK_SECRET_KEY",
+    "DATABASE_URL",
+    "CLERK_API_URL",
+    "CLERK_SYNC_PING_URL",
+    "CLERK_SYNC_SCHEMA",
+    "CLERK_SYNC_USERS_TABLE",
+    "CLERK_SYNC_SETTINGS_TABLE",
+)
+
+
+def setting_sources(
+    given: dict[str, str | None], path: Path = Path(".env")
+) -> list[tuple[str, str]]:
+    """Where each setting comes from (option, environment, .env, or not set): never a value.
+    ``given``: the command-line options, by variable name."""
+    from dotenv import dotenv_values  # pydantic-settings' own .env reader
+
+    in_file = dotenv_values(path) if path.is_file() else {}
+    sources = []
+    for name in REPORTED_SETTINGS:
+        if given.get(name) and given[name] != os.environ.get(name):
+            source = "option"  # (an option's envvar fills it from the environment too)
+        elif os.environ.get(name):
+            source = "environment"
+        elif in_file.get(name):
+            source = ".env"
+        else:
+            source = "not set"
+        sources.append((name, source))
+    return sources
+
+
+def connection_kind(host: str, port: str) -> tuple[str, str]:
+    """What kind of Postgres endpoint this is, and what that means for clerk-sync."""
+    if port == "6543":
+        return (
+            "transaction pooler (port 6543)",
+            "works (no prepared statements, one transaction per unit); if a run ever hangs "
+            "here, use the session pooler on port 5432",
+        )
+    if host.endswith(".pooler.supabase.com"):
+        return "Supabase session pooler", "recommended: a session per run, IPv4"
+    if host.startswith("db.") and host.endswith(".supabase.co"):
+        return "Supabase direct connection", "fine where IPv6 reaches it"
+    if host.startswith("/") or host in ("localhost", "127.0.0.1", "::1"):
+        return "local server", "direct"
+    return "direct connection", "fine"

@@ -26,12 +26,13 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Json, Jsonb
 
+from clerk_sync_cli import bookkeeping
+from clerk_sync_cli.bookkeeping import Bookkeeping
 from clerk_sync_cli.clerk import Window
 from clerk_sync_cli.errors import (
     BatchDataError,
     DatabaseUnavailableError,
     LockHeldError,
-    RefusedError,
     SchemaError,
 )
 from clerk_sync_cli.history import (
@@ -42,28 +43,27 @@ from clerk_sync_cli.history import (
     RunRecord,
     SyncState,
 )
-from clerk_sync_cli.mapping import SYNCED_FIELDS, ColumnLimits, UserRow
+from clerk_sync_cli.mapping import SYNCED_FIELDS, UserRow
 from clerk_sync_cli.plan import DbUser
+from clerk_sync_cli.project import (
+    GRANTS_HINT,
+    Project,
+    SchemaInfo,
+    drop_trigger_sql,
+    read_project,
+    schema_info,
+)
 from clerk_sync_cli.settings import describe_dsn
 from clerk_sync_cli.tables import Tables
 
 T = TypeVar("T")
 Cursor = psycopg.Cursor[Any]
 STATE_SCHEMA = "clerk_sync"
-REQUIRED_USER_COLUMNS = ("id", "clerk_id", *SYNCED_FIELDS, "created_at")
 LOCK_NAME = "sync"
 #: Finished runs older than this are deleted by the next writing run (a 5-minute cron makes
 #: ~105k a year), except what ``sync`` and ``status`` read: each instance's newest watermark
 #: and baseline, the newest full reconcile, and any run a later one may resume.
 RUN_HISTORY_DAYS = 90
-GRANTS_HINT = "See README → Safety → least-privilege role for the grants clerk-sync needs."
-
-
-@dataclass(frozen=True)
-class SchemaInfo:
-    limits: ColumnLimits
-    has_settings_trigger: bool
-    can_read_settings: bool = True
 
 
 @dataclass(frozen=True)
@@ -329,142 +329,23 @@ class Store:
 
     # -- schema ------------------------------------------------------------------------------
 
-    def inspect(self) -> SchemaInfo:
-        """Check the tables have what the sync relies on; say exactly what is missing."""
-        return self.atomic(self._inspect)
+    def project(self) -> Project:
+        """The app's tables, triggers and this role's privileges (reads only)."""
+        return self.atomic(lambda cur: read_project(cur, self.tables))
 
-    def _inspect(self, cur: Cursor) -> SchemaInfo:
-        t = self.tables
-        users_name = f'"{t.schema}"."{t.users}"'
-        cur.execute(
-            "SELECT column_name, character_maximum_length FROM information_schema.columns "
-            "WHERE table_schema = %s AND table_name = %s",
-            (t.schema, t.users),
-        )
-        columns = {name: length for name, length in cur.fetchall()}
-        if not columns:
-            raise SchemaError(
-                f"Table {users_name} does not exist (or this role cannot see it).",
-                "Run `clerk-sync init-db` to create it, or check DATABASE_URL.",
-            )
-        missing = [c for c in REQUIRED_USER_COLUMNS if c not in columns]
-        if missing:
-            raise SchemaError(
-                f"Table {users_name} lacks column(s): {', '.join(missing)}.",
-                "clerk-sync expects the users table of the integration guide (see sql/).",
-            )
-        users_reg, settings_reg = self._qualified(t.users), self._qualified(t.settings)
-        cur.execute(
-            """
-            SELECT c.relrowsecurity, c.relforcerowsecurity,
-                   pg_has_role(current_user, c.relowner, 'USAGE'), r.rolsuper, r.rolbypassrls,
-                   has_table_privilege(c.oid, 'SELECT'), has_table_privilege(c.oid, 'INSERT'),
-                   has_table_privilege(c.oid, 'UPDATE'), current_user,
-                   to_regclass(%s) IS NOT NULL
-                   AND has_table_privilege(to_regclass(%s), 'SELECT')
-            FROM pg_class c JOIN pg_roles r ON r.rolname = current_user
-            WHERE c.oid = to_regclass(%s)
-            """,
-            (settings_reg, settings_reg, users_reg),
-        )
-        (
-            rls,
-            forced,
-            owner,
-            superuser,
-            bypass,
-            can_select,
-            can_insert,
-            can_update,
-            role,
-            read_settings,
-        ) = _one(cur)
-        lacking = [
-            p
-            for p, ok in (("SELECT", can_select), ("INSERT", can_insert), ("UPDATE", can_update))
-            if not ok
-        ]
-        if lacking:
-            raise SchemaError(
-                f"Role {role} lacks {', '.join(lacking)} on {users_name}.", GRANTS_HINT
-            )
-        if rls and not (superuser or bypass or (owner and not forced)):
-            raise RefusedError(
-                f"Row-level security on {users_name} applies to role {role}: it could hide rows, "
-                "and clerk-sync would then recreate or deactivate users wrongly. Refusing to run.",
-                "Connect as the table owner or a role with BYPASSRLS (Supabase: postgres or service_role).",
-            )
-        cur.execute(
-            """
-            SELECT EXISTS (
-                SELECT 1 FROM pg_index i
-                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indnatts = 1
-                  AND i.indpred IS NULL AND a.attname = 'clerk_id')
-            """,
-            (users_reg,),
-        )
-        if not _one(cur)[0]:
-            raise SchemaError(
-                f"{users_name}.clerk_id has no unique constraint; upserts need one.",
-                f"Add it: ALTER TABLE {users_name} ADD CONSTRAINT users_clerk_id_key UNIQUE (clerk_id);",
-            )
-        cur.execute(
-            "SELECT 1 FROM information_schema.columns "
-            "WHERE table_schema = %s AND table_name = %s AND column_name = 'user_id'",
-            (t.schema, t.settings),
-        )
-        if cur.fetchone() is None and read_settings:
-            raise SchemaError(
-                f'Table "{t.schema}"."{t.settings}" with a user_id column does not exist.',
-                "Run `clerk-sync init-db` to create it.",
-            )
-        cur.execute(
-            """
-            SELECT EXISTS (
-                SELECT 1 FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
-                WHERE tg.tgrelid = to_regclass(%s) AND NOT tg.tgisinternal
-                  AND (tg.tgtype & 4) <> 0  -- fires on INSERT
-                  AND strpos(p.prosrc, %s) > 0)
-            """,
-            (users_reg, t.settings),
-        )
-        has_trigger = bool(_one(cur)[0])
-        self._check_state_schema(cur)
-        limits = ColumnLimits(
-            **{name: columns.get(name) for name in ColumnLimits.__dataclass_fields__}
-        )
-        return SchemaInfo(
-            limits=limits, has_settings_trigger=has_trigger, can_read_settings=bool(read_settings)
-        )
+    def inspect(self, *, writing: bool = True) -> SchemaInfo:
+        """Check the tables have what the sync relies on; say exactly what is missing.
+        ``writing``: the run will write (it needs INSERT and UPDATE, not only SELECT)."""
+        return schema_info(self.project(), writing=writing)
 
-    def _qualified(self, name: str) -> str:
-        return sql.Identifier(self.tables.schema, name).as_string(self.conn)
+    def bookkeeping(self) -> Bookkeeping:
+        """What exists of clerk-sync's own schema (reads only; creates nothing)."""
+        return self.atomic(bookkeeping.read)
 
-    def check_state_schema(self) -> None:
-        """clerk-sync's own tables exist and are current (``status`` reads only those)."""
-        self.atomic(self._check_state_schema)
-
-    def _check_state_schema(self, cur: Cursor) -> None:
-        cur.execute(
-            "SELECT to_regclass('clerk_sync.runs') IS NOT NULL "
-            "AND to_regclass('clerk_sync.locks') IS NOT NULL"
-        )
-        if not _one(cur)[0]:
-            raise SchemaError(
-                f'clerk-sync\'s own tables in schema "{STATE_SCHEMA}" do not exist.',
-                "Run `clerk-sync init-db` once (it never changes existing tables).",
-            )
-        cur.execute(
-            "SELECT to_regclass('clerk_sync.instance') IS NOT NULL AND EXISTS ("
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = 'clerk_sync' "
-            "AND table_name = 'runs' AND column_name = 'watermark_ms')"
-        )
-        if not _one(cur)[0]:
-            raise SchemaError(
-                f'clerk-sync\'s own tables in schema "{STATE_SCHEMA}" are from an older version.',
-                "Run `clerk-sync init-db` once to add what is new (it never changes your tables).",
-            )
+    def ensure_bookkeeping(self) -> list[str]:
+        """Create or migrate clerk-sync's own schema (a writing run's first step); returns the
+        migrations applied."""
+        return self.atomic(bookkeeping.migrate)
 
     # -- runs, lock, checkpoints --------------------------------------------------------------
 
@@ -791,12 +672,18 @@ class Store:
         ).format(has_settings=has_settings, users=self.tables.users_ident())
 
     def see_and_compare(
-        self, cur: Cursor, run_id: int, rows: Sequence[UserRow], *, can_read_settings: bool = True
+        self,
+        cur: Cursor,
+        run_id: int | None,
+        rows: Sequence[UserRow],
+        *,
+        can_read_settings: bool = True,
     ) -> tuple[set[str], dict[str, DbUser | None]]:
-        """Record ``rows``' users as seen by this run, and compare them with the table, in one
-        statement. Returns the clerk_ids seen before (by an earlier page: skip them), and, for
-        the others, the stored row of each one that may need a change: no row (None), a synced
-        field that differs, or no settings row. Users not returned match already.
+        """Record ``rows``' users as seen by run ``run_id``, and compare them with the table,
+        in one statement. Returns the clerk_ids seen before (by an earlier page: skip them),
+        and, for the others, the stored row of each one that may need a change: no row (None),
+        a synced field that differs, or no settings row. Users not returned match already.
+        ``run_id`` None (a read-only run, which records nothing): compare only.
 
         The comparison is the upsert's own (``IS DISTINCT FROM`` over the synced fields), so
         what it passes over the upsert would not write; :func:`plan.plan_user` decides the
@@ -804,22 +691,34 @@ class Store:
         fields = [sql.Identifier(c) for c in SYNCED_FIELDS]
         stored = sql.SQL(", ").join(sql.SQL("x.") + f for f in fields)
         listed = sql.SQL(", ").join(sql.SQL("i.") + f for f in fields)
-        query = sql.SQL(
-            "WITH i AS (SELECT * FROM {incoming}), "
-            "new AS (INSERT INTO clerk_sync.run_seen (run_id, clerk_id) "
-            "SELECT %s, clerk_id FROM i ON CONFLICT DO NOTHING RETURNING clerk_id) "
-            "SELECT i.clerk_id, new.clerk_id IS NULL AS seen_before, x.* "
-            "FROM i LEFT JOIN new ON new.clerk_id = i.clerk_id "
-            "LEFT JOIN ({select}) x ON x.clerk_id = i.clerk_id "
-            "WHERE new.clerk_id IS NULL OR x.clerk_id IS NULL OR NOT x.has_settings "
-            "OR ({stored}) IS DISTINCT FROM ({listed})"
-        ).format(
-            incoming=_incoming("i"),
-            select=self._user_select(can_read_settings),
-            stored=stored,
-            listed=listed,
-        )
-        cur.execute(query, (_rows_json(rows), run_id))
+        differs = sql.SQL(
+            "x.clerk_id IS NULL OR NOT x.has_settings OR ({stored}) IS DISTINCT FROM ({listed})"
+        ).format(stored=stored, listed=listed)
+        if run_id is None:
+            query = sql.SQL(
+                "WITH i AS (SELECT * FROM {incoming}) SELECT i.clerk_id, false, x.* FROM i "
+                "LEFT JOIN ({select}) x ON x.clerk_id = i.clerk_id WHERE {differs}"
+            ).format(
+                incoming=_incoming("i"),
+                select=self._user_select(can_read_settings),
+                differs=differs,
+            )
+            cur.execute(query, (_rows_json(rows),))
+        else:
+            query = sql.SQL(
+                "WITH i AS (SELECT * FROM {incoming}), "
+                "new AS (INSERT INTO clerk_sync.run_seen (run_id, clerk_id) "
+                "SELECT %s, clerk_id FROM i ON CONFLICT DO NOTHING RETURNING clerk_id) "
+                "SELECT i.clerk_id, new.clerk_id IS NULL AS seen_before, x.* "
+                "FROM i LEFT JOIN new ON new.clerk_id = i.clerk_id "
+                "LEFT JOIN ({select}) x ON x.clerk_id = i.clerk_id "
+                "WHERE new.clerk_id IS NULL OR {differs}"
+            ).format(
+                incoming=_incoming("i"),
+                select=self._user_select(can_read_settings),
+                differs=differs,
+            )
+            cur.execute(query, (_rows_json(rows), run_id))
         seen_before: set[str] = set()
         differing: dict[str, DbUser | None] = {}
         for record in cur.fetchall():
@@ -880,7 +779,7 @@ class Store:
         return self.atomic(count)
 
     def unseen_active(self, run_id: int, limit: int) -> tuple[int, list[DbUser]]:
-        """Active rows this run did not see in Clerk: (how many, the first ``limit``)."""
+        """Active rows run ``run_id`` did not see in Clerk: (how many, the first ``limit``)."""
         where = sql.SQL(
             "WHERE u.is_active IS DISTINCT FROM false AND NOT EXISTS ("
             "SELECT 1 FROM clerk_sync.run_seen r WHERE r.run_id = %s AND r.clerk_id = u.clerk_id)"
@@ -898,6 +797,32 @@ class Store:
                 + where
                 + sql.SQL(" ORDER BY u.clerk_id LIMIT %s"),
                 (run_id, limit),
+            )
+            return count, [DbUser(*record) for record in cur.fetchall()]
+
+        return self.atomic(read)
+
+    def active_not_in(self, seen: Callable[[str], bool], limit: int) -> tuple[int, list[DbUser]]:
+        """Like :meth:`unseen_active`, for a read-only run that keeps what it saw in memory:
+        streams the active rows' ids (a server-side cursor, never the whole table at once)."""
+        ids = sql.SQL(
+            "SELECT clerk_id FROM {} WHERE is_active IS DISTINCT FROM false ORDER BY clerk_id"
+        ).format(self.tables.users_ident())
+
+        def read(cur: Cursor) -> tuple[int, list[DbUser]]:
+            count, first = 0, list[str]()
+            with self.conn.cursor(name="clerk_sync_active_ids") as stream:
+                stream.itersize = 10_000
+                stream.execute(ids)
+                for (clerk_id,) in stream:
+                    if not seen(clerk_id):
+                        count += 1
+                        if len(first) < limit:
+                            first.append(clerk_id)
+            cur.execute(
+                self._user_select(False)
+                + sql.SQL(" WHERE u.clerk_id = ANY(%s) ORDER BY u.clerk_id"),
+                (first,),
             )
             return count, [DbUser(*record) for record in cur.fetchall()]
 
@@ -983,3 +908,18 @@ class Store:
                 cur.execute(text.encode())
         except psycopg.Error as exc:
             raise SchemaError(f"{name} failed: {_reason(exc)}") from None
+
+    def drop_duplicate_triggers(self) -> list[str]:
+        """Drop the settings triggers clerk-sync added beside the app's own (and their
+        functions, when clerk-sync's and unused), decided again inside the transaction that
+        drops them; returns what was dropped."""
+
+        def drop(cur: Cursor) -> list[str]:
+            project = read_project(cur, self.tables)
+            dropped = []
+            for trigger in project.removable_duplicates():
+                cur.execute(drop_trigger_sql(project, trigger))
+                dropped.append(f"{trigger.name} ({trigger.function})")
+            return dropped
+
+        return self.atomic(drop)

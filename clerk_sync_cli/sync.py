@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from clerk_sync_cli.bookkeeping import Bookkeeping
 from clerk_sync_cli.clerk import (
     PAGE_LIMIT,
     ClerkClient,
@@ -60,7 +61,8 @@ from clerk_sync_cli.plan import (
     plan_deactivation,
     plan_user,
 )
-from clerk_sync_cli.store import Cursor, SchemaInfo, Store, process_alive
+from clerk_sync_cli.project import SchemaInfo, damaged_message, schema_info
+from clerk_sync_cli.store import Cursor, Store, process_alive
 
 #: Windows of the list walked at once, all under the one --max-rps pace. At Clerk's ~300 ms a
 #: page, 16 in flight make ~50 requests/s: more than half a production key's limit (100/s),
@@ -199,14 +201,39 @@ class SyncResult:
 
 @dataclass
 class _Run:
-    """The bookkeeping of one run: its id, whether it holds the lock, what to walk (None:
-    not planned yet), and whether a later run may resume it from its checkpoints."""
+    """The bookkeeping of one run: its id (None: a read-only run, which records nothing),
+    whether it holds the lock, what to walk (None: not planned yet), and whether a later run
+    may resume it from its checkpoints.
 
-    id: int
+    A writing run records the users it has seen in ``clerk_sync.run_seen``; a read-only run
+    writes nothing, so it keeps them in ``seen`` as their 64-bit hashes (about 60 bytes a
+    user). Two ids that collide could only make a dry run count one user too few."""
+
+    id: int | None
     locked: bool
     todo: list[tuple[Window, str | None]] | None = None
     resumed: bool = False
     resumable: bool = True
+    seen: set[int] | None = None
+    bookkeeping: Bookkeeping | None = None
+
+    @property
+    def has_history(self) -> bool:
+        """clerk-sync's own tables exist and can be read (pin, watermark, history)."""
+        return self.bookkeeping is not None and self.bookkeeping.usable
+
+    def seen_count(self, store: Store) -> int:
+        if self.seen is not None:
+            return len(self.seen)
+        assert self.id is not None
+        return store.seen_count(self.id)
+
+    def unseen_active(self, store: Store, limit: int) -> tuple[int, list[DbUser]]:
+        if self.seen is not None:
+            seen = self.seen
+            return store.active_not_in(lambda clerk_id: hash(clerk_id) in seen, limit)
+        assert self.id is not None
+        return store.unseen_active(self.id, limit)
 
 
 def reconcile(
@@ -223,7 +250,10 @@ def reconcile(
     started = time.monotonic()
     progress = progress or NoProgress()
     result = SyncResult(options.command, options.dry_run, changes_cap=options.changes_cap)
-    schema = store.inspect()
+    project = store.project()
+    schema = schema_info(project, writing=not options.dry_run)
+    if project.damaged:
+        result.notes.append(damaged_message(project))
     if not schema.can_read_settings:
         result.notes.append(
             "This role cannot read the settings table; missing settings rows are not checked."
@@ -231,6 +261,8 @@ def reconcile(
     result.db_users, active_rows = store.count_active()
     run = _begin(store, options, result)
     result.run_id = run.id
+    if not run.has_history:
+        result.notes.append(NO_BOOKKEEPING)
     try:
         raw_instance, listed_before = both(client.get_instance, client.count_users)
         instance = _check_instance(raw_instance, store, run, options, result)
@@ -284,7 +316,13 @@ def _begin(store: Store, options: SyncOptions, result: SyncResult) -> _Run:
     """Start (or resume) the run; take the lock when it writes. A resumed run gets the
     windows left to walk from its checkpoints."""
     if options.dry_run:
-        return _Run(store.start_run(options.command, True), False, resumable=False)
+        return _Run(None, False, resumable=False, seen=set(), bookkeeping=store.bookkeeping())
+    migrated = store.ensure_bookkeeping()
+    if migrated:
+        result.notes.append(
+            f"Created clerk-sync's bookkeeping (schema clerk_sync): {', '.join(migrated)}."
+        )
+    books = store.bookkeeping()
     resumable = store.resumable_run(options.command) if options.resume else None
     run_id = resumable or store.start_run(options.command, False)
     try:
@@ -301,9 +339,13 @@ def _begin(store: Store, options: SyncOptions, result: SyncResult) -> _Run:
         saved = store.load_windows(run_id)
         result.notes.append(f"Resuming run {run_id} from its checkpoint.")
         return _Run(
-            run_id, True, [(w, cursor) for w, cursor, done in saved if not done], resumed=True
+            run_id,
+            True,
+            [(w, cursor) for w, cursor, done in saved if not done],
+            resumed=True,
+            bookkeeping=books,
         )
-    return _Run(run_id, True, resumable=options.resume)
+    return _Run(run_id, True, resumable=options.resume, bookkeeping=books)
 
 
 def _check_instance(
@@ -312,8 +354,9 @@ def _check_instance(
     """Record which Clerk instance the key belongs to (``raw``: Clerk's /instance answer);
     refuse one other than the pinned instance; pin it on the first writing run."""
     instance = Instance.from_clerk(raw)
-    store.set_run_instance(run.id, instance)
-    pin = store.pinned_instance()
+    if run.id is not None:
+        store.set_run_instance(run.id, instance)
+    pin = store.pinned_instance() if run.has_history else None
     decision = decide_pin(
         pin.instance if pin else None,
         instance,
@@ -328,6 +371,11 @@ def _check_instance(
         result.notes.append(decision.note)
     return instance
 
+
+NO_BOOKKEEPING = (
+    "No clerk-sync bookkeeping in this database yet: no run history and no pinned instance "
+    "(the first writing run creates schema clerk_sync)."
+)
 
 INSTANCE_HINT = (
     "Nothing was changed. Check CLERK_SECRET_KEY is the key of the instance that filled the "
@@ -348,7 +396,7 @@ def _sync_recent(
 ) -> bool:
     """``sync``: write the users changed since the last watermark, then tell whether the full
     reconcile must follow (and may: not ``--no-full``)."""
-    state = store.sync_state(instance.id)
+    state = store.sync_state(instance.id) if run.has_history else SyncState()
     result.previous_watermark_ms = state.watermark_ms
     reason = full_reconcile_reason(state)
     result.mode = "none"
@@ -420,14 +468,14 @@ def _full_pass(
     deactivate what Clerk confirms is gone and record the baseline ``sync`` compares with."""
     if run.todo is None:
         windows = _plan_windows(client, options, listed_before)
-        if run.locked:
+        if run.locked and run.id is not None:
             store.save_windows(run.id, windows)
         run.todo = [(w, None) for w in windows]
     progress.start(listed_before)
     rejected = _walk(client, store, schema, run, options, result, progress)
     progress.finish()
     result.walk_complete = True
-    result.clerk_users = store.seen_count(run.id)
+    result.clerk_users = run.seen_count(store)
     if not options.deactivate:
         return
     listed_after = client.count_users()
@@ -461,6 +509,8 @@ def _finish(
     error: str | None = None,
     resumable: bool = False,
 ) -> None:
+    if run.id is None:
+        return  # a read-only run records nothing
     summary = result.summary()
     if error:
         summary["error"] = error
@@ -511,7 +561,8 @@ def _walk(
     for page, prepared in pages:
 
         def checkpoint(cur: Cursor, page: Page = page) -> None:
-            store.checkpoint(cur, run.id, page.window.no, page.cursor, page.last)
+            if run.id is not None:
+                store.checkpoint(cur, run.id, page.window.no, page.cursor, page.last)
 
         rejected += _write_page(store, schema, run, options, result, prepared, checkpoint)
         progress.advance(prepared.size)
@@ -566,10 +617,18 @@ def _write_page(
     if page.newest_ms is not None:
         result.newest_ms = max(page.newest_ms, result.newest_ms or page.newest_ms)
 
+    known: set[str] = set()
+    if run.seen is not None:  # a read-only run: what earlier pages saw is in memory
+        known = {clerk_id for clerk_id in rows if hash(clerk_id) in run.seen}
+
     def unit(cur: Cursor) -> tuple[list[Change], int, Counter[Action], list[Failure]]:
         seen_before, differing = store.see_and_compare(
-            cur, run.id, list(rows.values()), can_read_settings=schema.can_read_settings
+            cur,
+            run.id,
+            [row for clerk_id, row in rows.items() if clerk_id not in known],
+            can_read_settings=schema.can_read_settings,
         )
+        seen_before |= known
         changes: list[Change] = []
         unchanged = 0
         for clerk_id, row in rows.items():
@@ -589,6 +648,8 @@ def _write_page(
     changes, unchanged, applied, failures = store.atomic(
         unit, locked_by=run.id if run.locked else None, pipelined=True
     )
+    if run.seen is not None:  # only once the unit is done (a reconnect reruns it)
+        run.seen.update(hash(clerk_id) for clerk_id in rows)
     result.record(changes)
     result.counts[Action.UNCHANGED] += unchanged
     result.applied.update(applied)
@@ -657,13 +718,13 @@ def _deactivate(
     confirm: Confirm | None,
 ) -> None:
     """Deactivate active rows whose users Clerk no longer lists, each confirmed by a 404."""
-    count, _ = store.unseen_active(run.id, limit=0)
+    count, _ = run.unseen_active(store, limit=0)
     refusal = options.guard.refusal(count, active_rows, result.clerk_users)
     if refusal:
         result.counts[Action.DEACTIVATE] = count
         result.status, result.refusal = "refused", refusal
         return
-    _, candidates = store.unseen_active(run.id, limit=count)
+    _, candidates = run.unseen_active(store, limit=count)
     confirmed: list[DbUser] = []
     for n, row in enumerate(candidates, 1):
         try:
@@ -681,7 +742,7 @@ def _deactivate(
             result.notes.append(
                 f"{row.clerk_id} was missing from the listing but Clerk still has it; left active."
             )
-        if run.locked and n % 100 == 0:
+        if run.locked and run.id is not None and n % 100 == 0:
             store.touch(run.id)
     changes = [plan_deactivation(row) for row in confirmed]
     result.record(changes)
@@ -723,9 +784,10 @@ def inspect_user(
     allow_instance_change: bool = False,
 ) -> UserReport:
     """Clerk's record, the table row and the settings row, with the planned change."""
-    schema = store.inspect()
+    schema = store.inspect(writing=apply)
     instance = Instance.from_clerk(client.get_instance())
-    pin = store.pinned_instance()
+    books = store.bookkeeping()
+    pin = store.pinned_instance() if books.usable else None
     decision = decide_pin(
         pin.instance if pin else None,
         instance,
@@ -749,6 +811,7 @@ def inspect_user(
         report.changes = [plan_deactivation(existing)]
     if not apply:
         return report
+    store.ensure_bookkeeping()
     if decision.write:
         store.pin_instance(instance, None, replace=decision.write == "repin")
     writes = [c for c in report.changes if c.action is not Action.UNCHANGED]
@@ -777,6 +840,7 @@ class StatusReport:
     pin: Pin | None
     lock: LockInfo
     state: SyncState
+    bookkeeping: bool = True  # clerk-sync's schema exists (else nothing has run yet)
 
     @property
     def in_progress(self) -> bool:
@@ -786,7 +850,9 @@ class StatusReport:
 def collect_status(store: Store, *, limit: int = 10, stale_after_s: float = 600.0) -> StatusReport:
     """Read the run history and the lock; write nothing (a crashed run is only reported; the
     next writing run marks it crashed and takes its lock over)."""
-    store.check_state_schema()
+    if not store.bookkeeping().usable:
+        free = lock_state(None, None, None, None, stale=False)
+        return StatusReport([], None, None, free, SyncState(), bookkeeping=False)
     holder = store.lock_holder()
     lock = (
         lock_state(

@@ -26,6 +26,8 @@ from clerk_sync_cli.cli import app
 from clerk_sync_cli.embedded_postgres import embedded_postgres
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
+from .existing_project import SUPA_POSTGRES, build_existing_project, install_roles, role_dsn
+
 SECRET = "sk_test_emulator"
 _counter = itertools.count()
 
@@ -105,11 +107,37 @@ def cli(dsn: str, emulator: RunningEmulator) -> Cli:
     )
 
 
+#: The two kinds of project every end-to-end test of a command runs against (parametrise a
+#: test with ``@BOTH_SCHEMAS``): "ours", a new project whose tables `clerk-sync init-db`
+#: created from sql/, connected to as a superuser; and "existing", the app a user already has
+#: (tests/fixtures/existing_project.sql, written independently of sql/: the app's own trigger
+#: and column names, a settings trigger without ON CONFLICT, RLS on, uuid-ossp in
+#: `extensions`), connected to as Supabase's `postgres` role is (no superuser, BYPASSRLS, the
+#: tables' owner), without init-db ever having run.
+SCHEMAS = ["ours", "existing"]
+BOTH_SCHEMAS = pytest.mark.parametrize("db", SCHEMAS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def supabase_roles(pg_admin_dsn: str) -> str:
+    install_roles(pg_admin_dsn)
+    return pg_admin_dsn
+
+
 @pytest.fixture
-def db(dsn: str, cli: Cli) -> Iterator[psycopg.Connection[Any]]:
-    """The test database with clerk-sync's schema applied through the CLI, and a connection."""
-    result = cli("init-db")
-    assert result.exit_code == 0, result.output + result.stderr
+def db(request: pytest.FixtureRequest, dsn: str, cli: Cli) -> Iterator[psycopg.Connection[Any]]:
+    """The test database, set up as ``request.param`` says (default "ours"), and a superuser
+    connection to it for looking at what the commands did. ``cli`` then connects as that kind
+    of project's role."""
+    kind = getattr(request, "param", "ours")
+    if kind == "ours":
+        result = cli("init-db")
+        assert result.exit_code == 0, result.output + result.stderr
+    else:
+        assert kind == "existing", kind
+        admin = request.getfixturevalue("supabase_roles")
+        build_existing_project(admin, str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]))
+        cli.env["DATABASE_URL"] = role_dsn(dsn, SUPA_POSTGRES)
     with psycopg.connect(dsn, autocommit=True) as conn:
         yield conn
 
@@ -134,4 +162,4 @@ def rows(
         return list(cur.fetchall())
 
 
-__all__ = ["SECRET", "Cli", "populate", "rows", "tempfile"]
+__all__ = ["BOTH_SCHEMAS", "SECRET", "Cli", "populate", "rows", "tempfile"]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from clerk_sync_cli.cli import app
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import SECRET, Cli, rows
+from .conftest import BOTH_SCHEMAS, SECRET, Cli, rows
 
 COMMANDS = ["backfill", "diff", "sync", "status", "user", "init-db"]
 
@@ -149,6 +149,7 @@ def test_table_without_unique_clerk_id_is_explained(cli: Cli, dsn: str) -> None:
 # -- user -----------------------------------------------------------------------------------------
 
 
+@BOTH_SCHEMAS
 def test_user_shows_plan_and_applies_one_user(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -175,6 +176,7 @@ def test_user_shows_plan_and_applies_one_user(
     assert "matches Clerk" in human.stdout
 
 
+@BOTH_SCHEMAS
 def test_user_deleted_in_clerk_is_deactivated_by_apply(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -187,6 +189,7 @@ def test_user_deleted_in_clerk_is_deactivated_by_apply(
     assert doc["row"]["is_active"] is False
 
 
+@BOTH_SCHEMAS
 def test_user_unknown_everywhere_exits_1(cli: Cli, db: Any) -> None:
     result = cli("user", "user_doesnotexist")
     assert result.exit_code == 1
@@ -199,7 +202,13 @@ def test_user_unknown_everywhere_exits_1(cli: Cli, db: Any) -> None:
 def test_init_db_print_is_the_whole_script() -> None:
     result = run("init-db", "--print")
     assert result.exit_code == 0
-    for name in ("001_", "002_users", "CREATE TABLE IF NOT EXISTS public.users", "clerk_sync.runs"):
+    for name in (
+        "app/001_guide_schema.sql",
+        'CREATE TABLE "public"."users"',
+        'IF to_regclass(\'"public"."users"\') IS NOT NULL THEN',  # the app part is guarded
+        "clerk_sync.runs",
+        "INSERT INTO clerk_sync.migrations",
+    ):
         assert name in result.stdout
 
 
@@ -216,8 +225,13 @@ def test_init_db_is_idempotent_and_never_alters_existing_tables(cli: Cli, dsn: s
             "theme text NOT NULL DEFAULT 'dark')"
         )
     first = cli.json("init-db")
-    assert first["applied"][0].startswith("001_")
-    assert cli("init-db").exit_code == 0
+    assert first["app_schema"] == "existing"
+    assert first["applied"][0] == "migrations/001_runs.sql"  # clerk-sync's own schema only
+    assert all(name.startswith("migrations/") for name in first["applied"])
+    findings = {(f["area"], f["check"]): f for f in first["findings"]}
+    assert findings[("settings rows", "trigger")]["result"] == "warn"  # none: the app has none
+    again = cli.json("init-db")
+    assert again["applied"] == []
     with psycopg.connect(dsn, autocommit=True) as conn:
         columns = [
             r[0]
@@ -237,7 +251,7 @@ def test_init_db_is_idempotent_and_never_alters_existing_tables(cli: Cli, dsn: s
                 "SELECT tgname FROM pg_trigger WHERE tgrelid = 'users'::regclass AND NOT tgisinternal"
             )
         }
-        assert triggers == {"create_user_monitoring_settings_trigger", "update_users_updated_at"}
+        assert triggers == set()  # the app had none, and init-db adds none to an existing table
 
 
 def test_updated_at_trigger_and_uuid_default(db: psycopg.Connection[Any]) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
-from .conftest import Cli, populate, rows
+from .conftest import BOTH_SCHEMAS, Cli, populate, rows
 
 ACTIONS = ["create", "update", "deactivate", "reactivate", "unchanged", "settings_missing"]
 
@@ -49,6 +49,7 @@ def dead_pid() -> int:
 # -- sync: the watermark walk --------------------------------------------------------------------
 
 
+@BOTH_SCHEMAS
 def test_sync_reads_only_what_changed_since_the_last_run(
     cli: Cli, db: psycopg.Connection[Any]
 ) -> None:
@@ -128,6 +129,7 @@ def test_sign_ups_and_bans_do_not_need_the_full_reconcile(
     assert stored[new["id"]] is True
 
 
+@BOTH_SCHEMAS
 def test_a_deletion_triggers_the_full_reconcile(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -172,6 +174,7 @@ def test_a_mass_deletion_seen_by_sync_meets_the_same_guard(
     assert db.execute("SELECT count(*) FROM users WHERE NOT is_active").fetchone() == (0,)
 
 
+@BOTH_SCHEMAS
 def test_sync_prints_one_line_for_cron(cli: Cli, emulator: RunningEmulator, db: Any) -> None:
     populate(emulator, 3)
     for args in (["sync"], ["sync", "--quiet"], ["backfill", "--quiet"], ["diff", "--quiet"]):
@@ -201,24 +204,23 @@ def test_every_run_is_recorded_with_its_instance(
         "finished_at IS NOT NULL AS finished, summary FROM clerk_sync.runs ORDER BY id",
     )
     assert [(r["command"], r["dry_run"], r["status"]) for r in history] == [
-        ("diff", True, "ok"),
-        ("backfill", False, "ok"),
+        ("backfill", False, "ok"),  # the dry run before it wrote nothing, not even history
         ("sync", False, "ok"),
         ("backfill", False, "failed"),
     ]
-    assert {(r["instance_id"], r["environment_type"]) for r in history[:3]} == {
+    assert {(r["instance_id"], r["environment_type"]) for r in history[:2]} == {
         ("ins_emulator", "development")
     }
-    assert history[3]["instance_id"] is None  # Clerk never answered
-    assert history[3]["summary"]["error"].startswith("Clerk is unavailable")
+    assert history[2]["instance_id"] is None  # Clerk never answered
+    assert history[2]["summary"]["error"].startswith("Clerk is unavailable")
     assert all(r["finished"] and r["host"] == socket.gethostname() for r in history)
     assert all(r["pid"] == os.getpid() for r in history)
-    assert history[1]["summary"]["counts"]["create"] == 4
-    assert history[2]["summary"]["mode"] == "full"
+    assert history[0]["summary"]["counts"]["create"] == 4
+    assert history[1]["summary"]["mode"] == "full"
 
     doc = cli.json("status")
     assert doc["command"] == "status"
-    assert [r["command"] for r in doc["runs"]] == ["backfill", "sync", "backfill", "diff"]
+    assert [r["command"] for r in doc["runs"]] == ["backfill", "sync", "backfill"]
     assert doc["runs"][0]["status"] == "failed"
     assert doc["runs"][0]["error"].startswith("Clerk is unavailable")
     assert doc["last_full_reconcile"]["command"] == "sync"
@@ -234,7 +236,6 @@ def test_every_run_is_recorded_with_its_instance(
     }
     assert doc["in_progress"] is False
     assert doc["watermark"]["updated_at_ms"] == watermark(db)
-    assert doc["runs"][3]["drift"] == 4  # the dry run found 4 users to create
     assert doc["runs"][2]["applied"]["create"] == 4
     assert doc["last_drift"]["run_id"] == doc["runs"][1]["id"]  # the last run that finished
     assert doc["last_drift"]["drift"] == 0
@@ -299,10 +300,12 @@ def test_a_silent_lock_holder_on_another_host_is_stale(
     assert cli.json("sync")["applied"]["create"] == 2
 
 
+@BOTH_SCHEMAS
 def test_overlapping_run_exits_3_and_changes_nothing(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
     populate(emulator, 5)
+    assert cli("init-db").exit_code == 0  # the bookkeeping exists (on "existing": only it)
     [(running,)] = db.execute(
         "INSERT INTO clerk_sync.runs (command, status, host, pid) "
         "VALUES ('sync', 'running', %s, %s) RETURNING id",
@@ -331,10 +334,10 @@ def test_overlapping_run_exits_3_and_changes_nothing(
     ]
 
 
-def test_status_needs_only_the_database_and_the_schema(cli: Cli, dsn: str) -> None:
-    missing = cli("status")
-    assert missing.exit_code == 2
-    assert "clerk-sync init-db" in missing.stderr
+def test_status_needs_only_the_database(cli: Cli, dsn: str) -> None:
+    untouched = cli.json("status", CLERK_SECRET_KEY="", CLERK_API_URL="")
+    assert untouched["bookkeeping"] is False  # said, not failed; and nothing created
+    assert "No clerk-sync bookkeeping" in cli("status").stdout
     assert cli("init-db").exit_code == 0
     doc = cli.json("status", CLERK_SECRET_KEY="", CLERK_API_URL="")
     assert doc["runs"] == []
@@ -535,7 +538,7 @@ def test_old_history_is_pruned_but_not_what_sync_and_status_read(
     )
 
     assert cli.json("diff", "--dry-run")["status"] == "ok"  # a dry run prunes nothing
-    assert len(db.execute("SELECT id FROM clerk_sync.runs").fetchall()) == 9 + 1
+    assert len(db.execute("SELECT id FROM clerk_sync.runs").fetchall()) == 9  # nor records
     assert cli.json("backfill")["status"] == "ok"
 
     left = {r[0] for r in db.execute("SELECT id FROM clerk_sync.runs").fetchall()}

@@ -8,7 +8,7 @@ import psycopg
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import Cli, rows
+from .conftest import BOTH_SCHEMAS, Cli, rows
 
 
 def stored(conn: psycopg.Connection[Any], clerk_id: str) -> dict[str, Any]:
@@ -16,6 +16,7 @@ def stored(conn: psycopg.Connection[Any], clerk_id: str) -> dict[str, Any]:
     return row
 
 
+@BOTH_SCHEMAS
 def test_edge_case_users(cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]) -> None:
     clerk = emulator.emulator
     no_email = clerk.create_user(first_name="Phone", email=None)

@@ -23,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import Cli, populate, rows
+from .conftest import BOTH_SCHEMAS, Cli, populate, rows
 
 
 def spawn(cli: Cli, *args: str, **env: str) -> subprocess.Popen[str]:
@@ -144,6 +144,7 @@ def assert_exactly_one_applied(done: list[subprocess.CompletedProcess[str]], tot
     assert json.loads(loser.stdout)["status"] == "failed"
 
 
+@BOTH_SCHEMAS
 def test_overlapping_runs_exactly_one_applies(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -261,6 +262,7 @@ def test_through_pgbouncer_transaction_pooling_sync_works_and_one_run_applies(
     assert count(db, "SELECT count(*) FROM users WHERE last_name = 'Again'") == 59
 
 
+@BOTH_SCHEMAS
 def test_the_web_app_writing_the_same_users_at_the_same_moment(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any], dsn: str
 ) -> None:

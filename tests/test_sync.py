@@ -9,7 +9,7 @@ import pytest
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import Cli, populate, rows
+from .conftest import BOTH_SCHEMAS, Cli, populate, rows
 
 ACTIONS = ["create", "update", "deactivate", "reactivate", "unchanged", "settings_missing"]
 
@@ -26,6 +26,7 @@ def counts(**given: int) -> dict[str, int]:
     return {a: given.get(a, 0) for a in ACTIONS}
 
 
+@BOTH_SCHEMAS
 def test_backfill_fills_an_empty_table_across_pages(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -54,6 +55,7 @@ def test_backfill_fills_an_empty_table_across_pages(
     ).fetchone() == (1203,)
 
 
+@BOTH_SCHEMAS
 def test_rerun_writes_nothing(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -67,6 +69,7 @@ def test_rerun_writes_nothing(
     assert snapshot(db) == before
 
 
+@BOTH_SCHEMAS
 def test_drift_is_planned_exactly_then_applied(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -104,6 +107,7 @@ def test_drift_is_planned_exactly_then_applied(
     assert cli.json("diff")["counts"] == counts(unchanged=40)
 
 
+@BOTH_SCHEMAS
 def test_deleted_user_keeps_its_uuid_and_settings_row(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -123,6 +127,7 @@ def test_deleted_user_keeps_its_uuid_and_settings_row(
     assert db.execute("SELECT count(*) FROM users").fetchone() == (5,)
 
 
+@BOTH_SCHEMAS
 def test_backfill_never_deactivates(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -134,6 +139,7 @@ def test_backfill_never_deactivates(
     assert db.execute("SELECT bool_and(is_active) FROM users").fetchone() == (True,)
 
 
+@BOTH_SCHEMAS
 def test_reactivation_of_an_unbanned_user(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -149,6 +155,7 @@ def test_reactivation_of_an_unbanned_user(
     ).fetchone() == (True,)
 
 
+@BOTH_SCHEMAS
 def test_guard_refuses_a_mass_deletion(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -172,6 +179,7 @@ def test_guard_refuses_a_mass_deletion(
     assert db.execute("SELECT count(*) FROM users WHERE NOT is_active").fetchone() == (20,)
 
 
+@BOTH_SCHEMAS
 def test_empty_clerk_never_deactivates_a_full_table(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -184,6 +192,7 @@ def test_empty_clerk_never_deactivates_a_full_table(
     assert db.execute("SELECT count(*) FROM users WHERE is_active").fetchone() == (3,)
 
 
+@BOTH_SCHEMAS
 def test_missing_settings_rows_are_repaired(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -201,6 +210,7 @@ def test_missing_settings_rows_are_repaired(
     assert db.execute("SELECT count(*) FROM user_monitoring_settings").fetchone() == (4,)
 
 
+@BOTH_SCHEMAS
 def test_exit_code_flag_reports_drift(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -211,6 +221,7 @@ def test_exit_code_flag_reports_drift(
     assert cli("diff", "--dry-run", "--exit-code").exit_code == 0
 
 
+@BOTH_SCHEMAS
 def test_web_app_rows_are_updated_not_duplicated(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -226,6 +237,7 @@ def test_web_app_rows_are_updated_not_duplicated(
     assert db.execute("SELECT count(*) FROM users").fetchone() == (3,)
 
 
+@BOTH_SCHEMAS
 def test_rows_the_database_refuses_are_isolated_and_reported(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
@@ -242,6 +254,7 @@ def test_rows_the_database_refuses_are_isolated_and_reported(
     assert db.execute("SELECT count(*) FROM users").fetchone() == (9,)
 
 
+@BOTH_SCHEMAS
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_json_document_matches_the_contract(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any], dry_run: bool
@@ -272,6 +285,7 @@ def test_json_document_matches_the_contract(
     assert isinstance(doc["duration_s"], float)
 
 
+@BOTH_SCHEMAS
 def test_changes_list_is_capped(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:

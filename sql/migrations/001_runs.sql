@@ -1,4 +1,4 @@
--- clerk-sync 005: the tool's own state, in its own schema (never in public).
+-- clerk-sync migration 001: the tool's own state, in its own schema (never in public).
 --   runs      one row per run: what ran, when, how it ended, its counts.
 --   run_seen  the Clerk ids a run has listed so far (dedupe + deletion detection without
 --             holding the whole list in memory); emptied when the run ends. UNLOGGED: it is

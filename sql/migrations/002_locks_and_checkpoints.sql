@@ -1,4 +1,4 @@
--- clerk-sync 006: one writer at a time, and resumable runs.
+-- clerk-sync migration 002: one writer at a time, and resumable runs.
 --   locks        at most one row per name; the holder refreshes heartbeat_at as it works. A
 --                holder whose heartbeat is old, or whose process is gone, is stale and may be
 --                taken over. Works through transaction poolers (no session advisory locks).

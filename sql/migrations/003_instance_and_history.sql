@@ -1,4 +1,4 @@
--- clerk-sync 007: which Clerk instance filled the table, and run history fit for cron.
+-- clerk-sync migration 003: which Clerk instance filled the table, and run history fit for cron.
 --   instance  at most one row: the Clerk instance (GET /v1/instance) whose users fill the table,
 --             pinned by the first writing run. A run with a key of another instance refuses.
 --   runs      gains the instance each run read, where it ran (host, pid: a run left 'running'

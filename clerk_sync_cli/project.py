@@ -1,0 +1,383 @@
+"""What the app's own schema holds, read without changing anything: the users and settings
+tables, their triggers, row-level security and this role's privileges. Database side, like
+:mod:`clerk_sync_cli.store`; judging what it found is pure (:mod:`clerk_sync_cli.doctor`).
+
+Every object clerk-sync creates carries a COMMENT starting with ``clerk-sync``. Triggers an
+older ``init-db`` created (before those marks) are recognised by their exact name, function
+and function body; anything else is the app's, and is never touched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from clerk_sync_cli.errors import RefusedError, SchemaError
+from clerk_sync_cli.mapping import SYNCED_FIELDS, ColumnLimits
+from clerk_sync_cli.tables import Tables
+
+Cursor = psycopg.Cursor[Any]
+MARK = "clerk-sync"
+
+#: What the ``init-db`` of clerk-sync 0.1 created (sql/004_triggers.sql), before it marked its
+#: objects: the trigger's name, its function, and the function's body with white space folded.
+LEGACY_SETTINGS_TRIGGER = "create_user_monitoring_settings_trigger"
+LEGACY_SETTINGS_FUNCTION = "public.create_user_monitoring_settings()"
+LEGACY_SETTINGS_BODY = (
+    "BEGIN INSERT INTO public.user_monitoring_settings (user_id) VALUES (NEW.id) "
+    "ON CONFLICT (user_id) DO NOTHING; RETURN NEW; END"
+)
+LEGACY_SETTINGS_CONFIG = ("search_path=public, pg_temp",)
+
+
+def _fold(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@dataclass(frozen=True)
+class Trigger:
+    name: str
+    function: str  # schema-qualified and quoted: schema.name(args)
+    before: bool
+    on_insert: bool
+    on_update: bool
+    enabled: bool
+    source: str  # the function's body
+    security_definer: bool
+    config: tuple[str, ...]
+    comment: str | None  # the trigger's
+    function_comment: str | None
+    function_shared: bool  # another trigger also executes the function
+
+    def creates_rows_in(self, table: str) -> bool:
+        """An AFTER INSERT trigger whose function inserts into ``table``."""
+        body = self.source.lower()
+        return (
+            not self.before
+            and self.on_insert
+            and "insert" in body
+            and table.lower() in body.replace('"', "")
+        )
+
+    def touches_updated_at(self) -> bool:
+        return self.before and self.on_update and "updated_at" in self.source.lower()
+
+    @property
+    def marked_ours(self) -> bool:
+        return bool(self.comment and self.comment.startswith(MARK))
+
+    @property
+    def legacy_ours(self) -> bool:
+        """The settings trigger an unmarked older init-db created, known by all of its name,
+        its function and that function's exact body and settings."""
+        return (
+            self.name == LEGACY_SETTINGS_TRIGGER
+            and self.function == LEGACY_SETTINGS_FUNCTION
+            and _fold(self.source) == LEGACY_SETTINGS_BODY
+            and self.security_definer
+            and self.config == LEGACY_SETTINGS_CONFIG
+        )
+
+    @property
+    def ours(self) -> bool:
+        return self.marked_ours or self.legacy_ours
+
+    @property
+    def function_ours(self) -> bool:
+        """The function too is clerk-sync's (and so may go with the trigger)."""
+        marked = bool(self.function_comment and self.function_comment.startswith(MARK))
+        return (marked and self.marked_ours) or self.legacy_ours
+
+
+@dataclass(frozen=True)
+class Privileges:
+    users: frozenset[str]  # of SELECT, INSERT, UPDATE
+    settings: frozenset[str]  # of SELECT, INSERT
+    create_on_database: bool
+
+
+@dataclass(frozen=True)
+class Project:
+    """The app's tables as this role sees them (``users_exists`` False: nothing else read)."""
+
+    tables: Tables
+    role: str
+    database: str
+    server_version: str
+    users_exists: bool
+    settings_exists: bool = False
+    columns: dict[str, int | None] = field(default_factory=dict)  # name → max length
+    settings_columns: tuple[str, ...] = ()
+    unique_clerk_id: bool = False
+    rls: bool = False
+    rls_forced: bool = False
+    owner: bool = False
+    superuser: bool = False
+    bypass_rls: bool = False
+    exposed_to: tuple[str, ...] = ()  # Supabase API roles that may read users without RLS
+    triggers: tuple[Trigger, ...] = ()
+    privileges: Privileges = field(
+        default_factory=lambda: Privileges(frozenset(), frozenset(), False)
+    )
+
+    @property
+    def settings_triggers(self) -> list[Trigger]:
+        return [t for t in self.triggers if t.enabled and t.creates_rows_in(self.tables.settings)]
+
+    @property
+    def updated_at_triggers(self) -> list[Trigger]:
+        return [t for t in self.triggers if t.enabled and t.touches_updated_at()]
+
+    @property
+    def rls_applies(self) -> bool:
+        """Row-level security would filter what this role reads (and so hide users)."""
+        return self.rls and not (
+            self.superuser or self.bypass_rls or (self.owner and not self.rls_forced)
+        )
+
+    @property
+    def damaged(self) -> bool:
+        """More than one trigger creates settings rows: new users cannot be inserted."""
+        return len(self.settings_triggers) > 1
+
+    def removable_duplicates(self) -> list[Trigger]:
+        """On a damaged project, the settings triggers clerk-sync added beside the app's own
+        (known with certainty); never the last one."""
+        if not self.damaged:
+            return []
+        ours = [t for t in self.settings_triggers if t.ours]
+        theirs = [t for t in self.settings_triggers if not t.ours]
+        return ours if theirs else ours[1:]
+
+
+def _qualified(tables: Tables, name: str) -> str:
+    return sql.Identifier(tables.schema, name).as_string(None)
+
+
+def read_project(cur: Cursor, tables: Tables) -> Project:
+    """Everything :class:`Project` holds, in a handful of catalog queries."""
+    users, settings = _qualified(tables, tables.users), _qualified(tables, tables.settings)
+    cur.execute(
+        "SELECT current_user, current_database(), current_setting('server_version'), "
+        "to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL, "
+        "has_database_privilege(current_database(), 'CREATE')",
+        (users, settings),
+    )
+    role, database, version, users_exists, settings_exists, create_db = _one(cur)
+    base = Project(tables, role, database, version, bool(users_exists), bool(settings_exists))
+    if not users_exists:
+        return base
+    cur.execute(
+        "SELECT column_name, character_maximum_length FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+        (tables.schema, tables.users),
+    )
+    columns = {name: length for name, length in cur.fetchall()}
+    cur.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+        (tables.schema, tables.settings),
+    )
+    settings_columns = tuple(r[0] for r in cur.fetchall())
+    cur.execute(
+        """
+        SELECT c.relrowsecurity, c.relforcerowsecurity,
+               pg_has_role(current_user, c.relowner, 'USAGE'), r.rolsuper, r.rolbypassrls,
+               EXISTS (
+                   SELECT 1 FROM pg_index i
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                   WHERE i.indrelid = c.oid AND i.indisunique AND i.indnatts = 1
+                     AND i.indpred IS NULL AND a.attname = 'clerk_id'),
+               ARRAY(SELECT a.rolname FROM pg_roles a
+                     WHERE a.rolname IN ('anon', 'authenticated')
+                       AND NOT c.relrowsecurity
+                       AND has_table_privilege(a.oid, c.oid, 'SELECT') ORDER BY 1)
+        FROM pg_class c JOIN pg_roles r ON r.rolname = current_user
+        WHERE c.oid = to_regclass(%s)
+        """,
+        (users,),
+    )
+    rls, forced, owner, superuser, bypass, unique, exposed = _one(cur)
+    cur.execute(
+        "SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE']) p "
+        "WHERE has_table_privilege(to_regclass(%s), p)",
+        (users,),
+    )
+    on_users = frozenset(r[0] for r in cur.fetchall())
+    on_settings: frozenset[str] = frozenset()
+    if settings_exists:
+        cur.execute(
+            "SELECT p FROM unnest(ARRAY['SELECT', 'INSERT']) p "
+            "WHERE has_table_privilege(to_regclass(%s), p)",
+            (settings,),
+        )
+        on_settings = frozenset(r[0] for r in cur.fetchall())
+    cur.execute(
+        """
+        SELECT tg.tgname,
+               quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '('
+               || pg_get_function_identity_arguments(p.oid) || ')',
+               (tg.tgtype & 2) <> 0,
+               (tg.tgtype & 4) <> 0, (tg.tgtype & 16) <> 0, tg.tgenabled <> 'D',
+               p.prosrc, p.prosecdef, coalesce(p.proconfig, '{}'),
+               obj_description(tg.oid, 'pg_trigger'), obj_description(p.oid, 'pg_proc'),
+               (SELECT count(*) FROM pg_trigger o WHERE o.tgfoid = tg.tgfoid) > 1
+        FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
+        JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE tg.tgrelid = to_regclass(%s) AND NOT tg.tgisinternal
+          AND (tg.tgtype & 1) <> 0  -- FOR EACH ROW
+        ORDER BY tg.tgname
+        """,
+        (users,),
+    )
+    triggers = tuple(
+        Trigger(
+            name,
+            function,
+            bool(before),
+            bool(on_insert),
+            bool(on_update),
+            bool(enabled),
+            source or "",
+            bool(definer),
+            tuple(config),
+            comment,
+            function_comment,
+            bool(shared),
+        )
+        for (
+            name,
+            function,
+            before,
+            on_insert,
+            on_update,
+            enabled,
+            source,
+            definer,
+            config,
+            comment,
+            function_comment,
+            shared,
+        ) in cur.fetchall()
+    )
+    return Project(
+        tables,
+        role,
+        database,
+        version,
+        True,
+        bool(settings_exists),
+        columns,
+        settings_columns,
+        bool(unique),
+        bool(rls),
+        bool(forced),
+        bool(owner),
+        bool(superuser),
+        bool(bypass),
+        tuple(exposed),
+        triggers,
+        Privileges(on_users, on_settings, bool(create_db)),
+    )
+
+
+def drop_trigger_sql(project: Project, trigger: Trigger) -> sql.Composed:
+    """The statements that remove one of clerk-sync's triggers (and its function, when it is
+    clerk-sync's and no other trigger uses it)."""
+    users = sql.Identifier(project.tables.schema, project.tables.users)
+    parts = [
+        sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger.name), users),
+    ]
+    if trigger.function_ours and not trigger.function_shared:
+        parts.append(sql.SQL("DROP FUNCTION {}").format(sql.SQL(trigger.function)))
+    return sql.SQL("; ").join(parts)
+
+
+def _one(cur: Cursor) -> Any:
+    record = cur.fetchone()
+    assert record is not None, "query returns exactly one row"
+    return record
+
+
+GRANTS_HINT = "See README → Safety → least-privilege role for the grants clerk-sync needs."
+REQUIRED_USER_COLUMNS = ("id", "clerk_id", *SYNCED_FIELDS, "created_at")
+
+
+@dataclass(frozen=True)
+class SchemaInfo:
+    """What a run needs to know of the app's schema."""
+
+    limits: ColumnLimits
+    has_settings_trigger: bool
+    can_read_settings: bool = True
+
+
+def schema_info(project: Project, *, writing: bool) -> SchemaInfo:
+    """Whether a run may go on against ``project``: what it needs, or the exact problem.
+    ``writing``: it will insert and update (a read-only run needs SELECT only)."""
+    t = project.tables
+    users_name = f'"{t.schema}"."{t.users}"'
+    if not project.users_exists or not project.columns:
+        raise SchemaError(
+            f"Table {users_name} does not exist (or this role cannot see it).",
+            "Run `clerk-sync init-db` to create it (on a project without one), or check "
+            "DATABASE_URL and CLERK_SYNC_SCHEMA / CLERK_SYNC_USERS_TABLE.",
+        )
+    missing = [c for c in REQUIRED_USER_COLUMNS if c not in project.columns]
+    if missing:
+        raise SchemaError(
+            f"Table {users_name} lacks column(s): {', '.join(missing)}.",
+            "clerk-sync expects the users table of the integration guide (see sql/app/).",
+        )
+    needed = ("SELECT", "INSERT", "UPDATE") if writing else ("SELECT",)
+    lacking = [p for p in needed if p not in project.privileges.users]
+    if lacking:
+        raise SchemaError(
+            f"Role {project.role} lacks {', '.join(lacking)} on {users_name}.", GRANTS_HINT
+        )
+    if project.rls_applies:
+        raise RefusedError(
+            f"Row-level security on {users_name} applies to role {project.role}: it could hide "
+            "rows, and clerk-sync would then recreate or deactivate users wrongly. Refusing to run.",
+            "Connect as the table owner or a role with BYPASSRLS (Supabase: postgres or service_role).",
+        )
+    if not project.unique_clerk_id:
+        raise SchemaError(
+            f"{users_name}.clerk_id has no unique constraint; upserts need one.",
+            f"Add it: ALTER TABLE {users_name} ADD CONSTRAINT users_clerk_id_key UNIQUE (clerk_id);",
+        )
+    can_read_settings = "SELECT" in project.privileges.settings
+    if can_read_settings and "user_id" not in project.settings_columns:
+        raise SchemaError(
+            f'Table "{t.schema}"."{t.settings}" with a user_id column does not exist.',
+            "Run `clerk-sync init-db` to create it (on a project without one).",
+        )
+    if writing and project.damaged:
+        raise SchemaError(damaged_message(project), DAMAGED_HINT)
+    limits = ColumnLimits(
+        **{name: project.columns.get(name) for name in ColumnLimits.__dataclass_fields__}
+    )
+    return SchemaInfo(
+        limits=limits,
+        has_settings_trigger=bool(project.settings_triggers),
+        can_read_settings=can_read_settings,
+    )
+
+
+DAMAGED_HINT = (
+    "Run `clerk-sync doctor` to see them and `clerk-sync doctor --fix` to drop the one "
+    "clerk-sync added (the app's own is kept)."
+)
+
+
+def damaged_message(project: Project) -> str:
+    names = ", ".join(f"{t.name} ({t.function})" for t in project.settings_triggers)
+    return (
+        f"{len(project.settings_triggers)} triggers on {project.tables.users} create settings "
+        f"rows: {names}. New users cannot be inserted (the second insert of each settings row "
+        "violates its unique key), by clerk-sync or by the app."
+    )
