@@ -421,11 +421,10 @@ def bookkeeping_checks(
         Check(
             "bookkeeping",
             "full reconcile",
-            Level.OK if full else Level.WARN,
-            "none yet"
+            Level.OK,
+            "none yet (clerk-sync diff --dry-run, then clerk-sync diff)"
             if full is None
             else f"run {full.id} ({full.command}), {full.started_at:%Y-%m-%d %H:%M} UTC",
-            None if full else "clerk-sync diff --dry-run, then clerk-sync diff",
         )
     )
     return checks

@@ -17,7 +17,7 @@ from clerk_sync_cli.emulator import RunningEmulator
 
 from .conftest import BOTH_SCHEMAS, SECRET, Cli, rows
 
-COMMANDS = ["backfill", "diff", "sync", "status", "user", "init-db"]
+COMMANDS = ["backfill", "diff", "sync", "status", "user", "init-db", "doctor"]
 
 
 def run(*args: str, **env: str) -> Any:
@@ -31,7 +31,7 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     assert "Example: clerk-sync " + command in " ".join(result.output.split())
 
 
-@pytest.mark.parametrize("command", ["backfill", "diff", "sync", "user"])
+@pytest.mark.parametrize("command", ["backfill", "diff", "sync", "user", "doctor"])
 def test_help_names_the_environment_variables(command: str) -> None:
     text = run(command, "--help").output
     for name in ("CLERK_SECRET_KEY", "DATABASE_URL", "CLERK_API_URL"):

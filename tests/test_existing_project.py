@@ -18,7 +18,7 @@ from psycopg import sql
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import Cli, populate
+from .conftest import BOTH_SCHEMAS, Cli, populate
 from .existing_project import (
     FIXTURES,
     SUPA_POSTGRES,
@@ -29,6 +29,13 @@ from .existing_project import (
 
 EXISTING = pytest.mark.parametrize("db", ["existing"], indirect=True)
 APP_TRIGGER = "on_user_created_create_settings"
+#: The trigger that creates settings rows, on each kind of project (conftest.SCHEMAS)
+SETTINGS_TRIGGER = {"ours": "create_user_monitoring_settings_trigger", "existing": APP_TRIGGER}
+UPDATED_AT_TRIGGER = {"ours": "update_users_updated_at", "existing": "users_set_updated_at"}
+
+
+def kind_of(request: pytest.FixtureRequest) -> str:
+    return str(request.node.callspec.params["db"])
 
 
 def catalog(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
@@ -119,10 +126,11 @@ def test_backfill_works_right_after_install_and_keeps_the_app_schema(
     assert comment.startswith("clerk-sync")
 
 
-@EXISTING
+@BOTH_SCHEMAS
 def test_init_db_changes_nothing_in_the_app_schema_and_says_what_it_found(
-    cli: Cli, db: psycopg.Connection[Any]
+    cli: Cli, db: psycopg.Connection[Any], request: pytest.FixtureRequest
 ) -> None:
+    kind = kind_of(request)
     before = catalog(db)
     doc = cli.json("init-db")
     assert doc["app_schema"] == "existing"
@@ -131,17 +139,17 @@ def test_init_db_changes_nothing_in_the_app_schema_and_says_what_it_found(
     found = {(f["area"], f["check"]): f for f in doc["findings"]}
     settings = found[("settings rows", "trigger")]
     assert settings["result"] == "ok"
-    assert APP_TRIGGER in settings["detail"]
-    assert "users_set_updated_at" in found[("users table", "updated_at")]["detail"]
+    assert SETTINGS_TRIGGER[kind] in settings["detail"]
+    assert UPDATED_AT_TRIGGER[kind] in found[("users table", "updated_at")]["detail"]
     assert found[("users table", "row-level security")]["result"] == "ok"  # bypassed by owner
 
     human = cli("init-db")
     assert human.exit_code == 0, human.stderr
     assert "left exactly as it is" in human.stdout
-    assert APP_TRIGGER in human.stdout
+    assert SETTINGS_TRIGGER[kind] in human.stdout
 
     # the app's own sign-in upsert still works, and makes exactly one settings row
-    with psycopg.connect(role_dsn(cli.env["DATABASE_URL"], SUPA_POSTGRES)) as app:
+    with psycopg.connect(cli.env["DATABASE_URL"]) as app:
         app_sign_in(app, "user_app1", "one@example.com")
         app_sign_in(app, "user_app1", "one@example.org")  # the next sign-in updates
     assert settings_rows(db, "user_app1") == 1
@@ -303,19 +311,22 @@ def test_two_first_runs_at_once_create_the_schema_once(
     ).fetchone() == (4, 4)
 
 
-@EXISTING
-def test_doctor_on_the_existing_project(
-    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
+@BOTH_SCHEMAS
+def test_doctor(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any], request: pytest.FixtureRequest
 ) -> None:
+    kind = kind_of(request)
     doc = cli.json("doctor")
     assert doc["status"] == "ok"
     checks = {(c["area"], c["check"]): c for c in doc["checks"]}
-    assert checks[("settings rows", "trigger")]["result"] == "ok"
-    assert APP_TRIGGER in checks[("settings rows", "trigger")]["detail"]
-    assert checks[("clerk", "key")]["result"] == "ok"
+    assert all(c["result"] == "ok" for c in doc["checks"]), doc  # no ! either
+    assert SETTINGS_TRIGGER[kind] in checks[("settings rows", "trigger")]["detail"]
     assert "ins_emulator" in checks[("clerk", "key")]["detail"]
-    assert "supa_postgres" in checks[("postgres", "reachable")]["detail"]
-    assert checks[("bookkeeping", "schema")]["detail"].startswith("none yet")
+    role = {"ours": "postgres", "existing": SUPA_POSTGRES}[kind]
+    assert f"as role {role}" in checks[("postgres", "reachable")]["detail"]
+    schema = checks[("bookkeeping", "schema")]["detail"]
+    # init-db made it on "ours"; on "existing" nothing has run yet
+    assert schema.startswith("none yet") if kind == "existing" else "version 4" in schema
     settings = checks[("settings", "variables")]["detail"]
     assert "CLERK_SECRET_KEY (environment)" in settings
     text = json.dumps(doc)
