@@ -38,13 +38,14 @@ from clerk_sync_cli.emulator import (
 )
 from clerk_sync_cli.errors import ClerkSyncError, ConfigError, ExitCode
 from clerk_sync_cli.init_db import init_db as run_init_db
-from clerk_sync_cli.ping import ping
+from clerk_sync_cli.ping import check_ping_url, ping
 from clerk_sync_cli.plan import DeactivationGuard
 from clerk_sync_cli.report import Reporter
 from clerk_sync_cli.settings import (
     Settings,
     describe_dsn,
     env_file_warning,
+    is_loopback,
     key_kind,
     load_settings,
     setting_sources,
@@ -78,7 +79,8 @@ SecretKeyOpt = Annotated[
         "--clerk-secret-key",
         envvar="CLERK_SECRET_KEY",
         show_envvar=True,
-        help="Clerk secret key (sk_live_… / sk_test_…). Prefer the env var.",
+        help="Clerk secret key (sk_live_… / sk_test_…). Avoid: an option shows in `ps` and "
+        "shell history; set the env var or .env instead.",
     ),
 ]
 DatabaseUrlOpt = Annotated[
@@ -87,7 +89,8 @@ DatabaseUrlOpt = Annotated[
         "--database-url",
         envvar="DATABASE_URL",
         show_envvar=True,
-        help="Postgres connection string (Supabase: session pooler or direct).",
+        help="Postgres connection string (Supabase: session pooler or direct). Avoid giving "
+        "it as an option (it shows in `ps`); set the env var or .env instead.",
     ),
 ]
 ApiUrlOpt = Annotated[
@@ -258,6 +261,8 @@ def _run_sync(
     fail_on_drift: bool = False,
 ) -> NoReturn:
     """backfill, diff and sync: run, print the report, ping, and exit with the run's code."""
+    with handle_errors(Reporter(json_mode=json_out), options.command, []):
+        _check_ping_url(ping_url)
     with _pinging(ping_url, json_out):
         reporter = Reporter(json_mode=json_out, quiet=quiet)
         holder: list[Settings] = []
@@ -318,6 +323,14 @@ def _pinging(ping_url: str | None, json_out: bool) -> Iterator[None]:
         warning = ping(url, ok=code == 0) if url else None
         if warning:
             Reporter(json_mode=json_out).warn(warning)
+
+
+def _check_ping_url(ping_url: str | None) -> None:
+    """A malformed ping URL is a configuration error at the start, not after a good run."""
+    url = ping_url or _ping_url_from_env_file()
+    problem = check_ping_url(url) if url else None
+    if problem:
+        raise ConfigError(f"CLERK_SYNC_PING_URL (or --ping-url) is malformed: {problem}.")
 
 
 def _ping_url_from_env_file() -> str | None:
@@ -627,6 +640,7 @@ def doctor(
 
 @app.command()
 def emulator(
+    ctx: typer.Context,
     port: Annotated[
         int, typer.Option("--port", min=0, max=65535, help="0 picks a free port.")
     ] = DEFAULT_PORT,
@@ -664,7 +678,8 @@ def emulator(
             "--secret-key",
             envvar="CLERK_SECRET_KEY",
             show_envvar=True,
-            help=f"The one key it accepts [default: {DEFAULT_SECRET_KEY}].",
+            help=f"The one key it accepts [default: {DEFAULT_SECRET_KEY}]. An sk_live_ key "
+            "only when given here: one in CLERK_SECRET_KEY is ignored.",
         ),
     ] = None,
 ) -> None:
@@ -674,6 +689,19 @@ def emulator(
     """
     reporter = Reporter()
     with handle_errors(reporter, "emulator", []):
+        source = ctx.get_parameter_source("secret_key")
+        from_env = getattr(source, "name", None) == "ENVIRONMENT"
+        if from_env and secret_key and secret_key.startswith("sk_live_"):
+            reporter.warn(
+                "emulator: ignoring CLERK_SECRET_KEY from the environment, a live key "
+                "(sk_live_…); accepting its default test key instead (--secret-key sets one)."
+            )
+            secret_key = None
+        if not is_loopback(host):
+            reporter.warn(
+                f"emulator: listening on {host}, reachable beyond this machine: anyone who can "
+                "reach it can read its users with its key; --host 127.0.0.1 keeps it local."
+            )
         try:
             config = EmulatorConfig(
                 secret_key=secret_key or DEFAULT_SECRET_KEY,

@@ -590,6 +590,8 @@ class Emulator:
         self.count_offset = 0
         #: when set, every list request answers 200 with exactly this body (a malformed answer)
         self.list_body: bytes | None = None
+        #: list pages hold up to this many times the ``limit`` asked for (a server ignoring it)
+        self.limit_factor = 1
         self._hook_seq = 0
 
     # -- base population: order and timestamps ------------------------------------------------
@@ -1527,6 +1529,7 @@ class Emulator:
         limit = _int_param(params, "limit", 10)
         if not 1 <= limit <= MAX_LIMIT:
             raise _invalid("limit", f"limit must be between 1 and {MAX_LIMIT}")
+        limit *= self.limit_factor
         offset = _int_param(params, "offset", 0)
         if offset < 0:
             raise _invalid("offset", "offset must be greater than or equal to 0")

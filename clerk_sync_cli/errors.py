@@ -3,12 +3,15 @@
 Library code raises a :class:`ClerkSyncError` subclass where a failure is understood; the CLI
 turns it into its message and :attr:`ClerkSyncError.exit_code` in exactly one place.
 Messages are written for the person at the terminal: what happened, then what to do.
-They never contain a secret.
+They never contain a secret: every message is scrubbed when the error is made
+(:mod:`clerk_sync_cli.scrub`).
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+
+from clerk_sync_cli.scrub import scrub
 
 
 class ExitCode(IntEnum):
@@ -27,9 +30,10 @@ class ClerkSyncError(Exception):
     exit_code: ExitCode = ExitCode.CONFIG
 
     def __init__(self, message: str, hint: str | None = None) -> None:
+        message = scrub(message)  # from here it may reach any output, and the run history
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = None if hint is None else scrub(hint)
 
 
 class ConfigError(ClerkSyncError):
@@ -62,6 +66,13 @@ class ClerkDataError(ClerkSyncError):
     exit_code = ExitCode.UNAVAILABLE
 
 
+class UnconfirmedError(ClerkSyncError):
+    """Clerk's answer cannot confirm that a user is gone: a 404 that is not Clerk's own, or a
+    lookup path that fails its check against a user Clerk lists. Nothing is deactivated on it."""
+
+    exit_code = ExitCode.PARTIAL
+
+
 class DatabaseUnavailableError(ClerkSyncError):
     exit_code = ExitCode.UNAVAILABLE
 
@@ -90,6 +101,7 @@ class RetriableError(Exception):
     """Raised inside a retried call; never escapes the retry loop as itself."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
+        message = scrub(message)
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after

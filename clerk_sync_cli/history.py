@@ -169,6 +169,18 @@ def next_watermark(
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a run's process runs. A pid names a process only on its host, in the boot it was
+    recorded in (``/proc/sys/kernel/random/boot_id``) and in its PID namespace (containers
+    share hostnames and boot ids, not PID namespaces); None where it could not be read."""
+
+    host: str | None
+    pid: int | None
+    boot_id: str | None = None
+    pid_ns: str | None = None
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """One row of ``clerk_sync.runs``."""
 
@@ -184,6 +196,12 @@ class RunRecord:
     host: str | None = None
     pid: int | None = None
     watermark_ms: int | None = None
+    boot_id: str | None = None
+    pid_ns: str | None = None
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.host, self.pid, self.boot_id, self.pid_ns)
 
     @property
     def full_reconcile(self) -> bool:
@@ -220,9 +238,7 @@ def lock_state(
     return LockInfo("stale" if stale else "held", holder_run, host, pid, heartbeat_age_s)
 
 
-def run_state(
-    run: RunRecord, lock: LockInfo, *, process_alive: Callable[[str | None, int | None], bool]
-) -> str:
+def run_state(run: RunRecord, lock: LockInfo, *, process_alive: Callable[[Origin], bool]) -> str:
     """The status to show for a run. A row still marked ``running`` is ``running`` only while
     its process lives: a writing run must hold a fresh lock (``stale`` when its lock is old or
     its process gone: the next run takes it over), otherwise it ``crashed``. A dry run holds
@@ -233,4 +249,4 @@ def run_state(
         if lock.run_id == run.id:
             return "stale" if lock.state == "stale" else "running"
         return "crashed"
-    return "running" if process_alive(run.host, run.pid) else "crashed"
+    return "running" if process_alive(run.origin) else "crashed"

@@ -24,13 +24,21 @@ def ping_target(url: str, *, ok: bool) -> str:
 
 def url_host(url: str) -> str:
     """What may be printed about a ping URL: its host, never its path, query or password."""
-    return urlsplit(url).hostname or "the ping URL"
+    try:
+        return urlsplit(url).hostname or "the ping URL"
+    except ValueError:
+        return "the ping URL"
 
 
 def check_ping_url(url: str) -> str | None:
     """Why ``url`` cannot be pinged, or None."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # raises on a port that is not a number
+    except ValueError:
+        ok = False
+    if not ok:
         return "expected an http(s) URL such as https://hc-ping.com/<uuid>"
     return None
 

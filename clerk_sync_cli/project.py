@@ -118,6 +118,9 @@ class Project:
     owner: bool = False
     superuser: bool = False
     bypass_rls: bool = False
+    policy_sees_all: bool = (
+        False  # a permissive USING (true) policy for this role, none restrictive
+    )
     exposed_to: tuple[str, ...] = ()  # Supabase API roles that may read users without RLS
     triggers: tuple[Trigger, ...] = ()
     privileges: Privileges = field(
@@ -135,9 +138,8 @@ class Project:
     @property
     def rls_applies(self) -> bool:
         """Row-level security would filter what this role reads (and so hide users)."""
-        return self.rls and not (
-            self.superuser or self.bypass_rls or (self.owner and not self.rls_forced)
-        )
+        exempt = self.superuser or self.bypass_rls or (self.owner and not self.rls_forced)
+        return self.rls and not (exempt or self.policy_sees_all)
 
     @property
     def damaged(self) -> bool:
@@ -192,6 +194,19 @@ def read_project(cur: Cursor, tables: Tables) -> Project:
                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
                    WHERE i.indrelid = c.oid AND i.indisunique AND i.indnatts = 1
                      AND i.indpred IS NULL AND a.attname = 'clerk_id'),
+               EXISTS (
+                   SELECT 1 FROM pg_policy p
+                   WHERE p.polrelid = c.oid AND p.polpermissive AND p.polcmd IN ('*', 'r')
+                     AND pg_get_expr(p.polqual, p.polrelid) = 'true'
+                     AND (0 = ANY(p.polroles) OR EXISTS (
+                         SELECT 1 FROM unnest(p.polroles) AS pr(oid)
+                         WHERE pg_has_role(current_user, pr.oid, 'USAGE'))))
+               AND NOT EXISTS (
+                   SELECT 1 FROM pg_policy p
+                   WHERE p.polrelid = c.oid AND NOT p.polpermissive
+                     AND (0 = ANY(p.polroles) OR EXISTS (
+                         SELECT 1 FROM unnest(p.polroles) AS pr(oid)
+                         WHERE pg_has_role(current_user, pr.oid, 'USAGE')))),
                ARRAY(SELECT a.rolname FROM pg_roles a
                      WHERE a.rolname IN ('anon', 'authenticated')
                        AND NOT c.relrowsecurity
@@ -201,7 +216,7 @@ def read_project(cur: Cursor, tables: Tables) -> Project:
         """,
         (users,),
     )
-    rls, forced, owner, superuser, bypass, unique, exposed = _one(cur)
+    rls, forced, owner, superuser, bypass, unique, sees_all, exposed = _one(cur)
     cur.execute(
         "SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE']) p "
         "WHERE has_table_privilege(to_regclass(%s), p)",
@@ -279,6 +294,7 @@ def read_project(cur: Cursor, tables: Tables) -> Project:
         bool(owner),
         bool(superuser),
         bool(bypass),
+        bool(sees_all),
         tuple(exposed),
         triggers,
         Privileges(on_users, on_settings, bool(create_db)),

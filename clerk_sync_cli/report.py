@@ -7,6 +7,7 @@ warnings and errors go to stderr. Without a terminal the output is plain text.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
@@ -18,11 +19,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from clerk_sync_cli.capped import KEEP
 from clerk_sync_cli.doctor import Check, Level
 from clerk_sync_cli.errors import ClerkSyncError
 from clerk_sync_cli.history import RunRecord
 from clerk_sync_cli.init_db import InitResult
 from clerk_sync_cli.plan import ACTIONS, Action, Change
+from clerk_sync_cli.scrub import ScrubbedStream, scrub, scrub_value
 from clerk_sync_cli.sync import StatusReport, SyncResult, UserReport
 
 SAMPLE = 20  # changes and warnings shown in the human report
@@ -63,7 +66,14 @@ def sync_json(result: SyncResult) -> dict[str, Any]:
         ],
         "failures": [{"clerk_id": f.clerk_id, "problem": f.problem} for f in result.failures],
         "refusal": result.refusal,
-        "notes": result.notes,
+        "notes": list(result.notes),
+        # the lists above keep their first entries; these are how many there were
+        "totals": {
+            "changes": sum(result.counts[a] for a in ACTIONS if a is not Action.UNCHANGED),
+            "warnings": result.warnings.total,
+            "failures": result.failures.total,
+            "notes": result.notes.total,
+        },
         "duration_s": round(result.duration_s, 3),
         **(_sync_extra(result) if result.mode is not None else {}),
     }
@@ -200,6 +210,16 @@ def user_json(report: UserReport) -> dict[str, Any]:
     }
 
 
+#: Control characters (C0 but tab and newline, DEL, C1) and bidirectional overrides: from
+#: Clerk's data they could move the cursor, recolour or rewrite a terminal, or reorder a line.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _show(text: str) -> str:
+    """Text fit for a terminal: unsafe characters shown as escapes, rich markup escaped."""
+    return escape(_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
+
+
 def _when(moment: datetime | None) -> str:
     return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -220,19 +240,23 @@ class Reporter:
         self.json_mode = json_mode
         self.quiet = quiet
         self.sample = sample
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        # every byte printed passes the scrubber (a secret never leaves, whole or in part)
+        self.out = Console(file=ScrubbedStream.of(sys.stdout), highlight=False, soft_wrap=True)
+        self.err = Console(
+            file=ScrubbedStream.of(sys.stderr), stderr=True, highlight=False, soft_wrap=True
+        )
 
     # -- generic -------------------------------------------------------------------------------
 
     def document(self, doc: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(doc, ensure_ascii=False, default=str) + "\n")
+        text = json.dumps(scrub_value(doc), ensure_ascii=False, default=str)
+        sys.stdout.write(scrub(text) + "\n")
         sys.stdout.flush()
 
     def error(self, exc: ClerkSyncError, command: str | None = None) -> None:
-        self.err.print(f"[bold red]error:[/] {escape(exc.message)}")
+        self.err.print(f"[bold red]error:[/] {_show(exc.message)}")
         if exc.hint:
-            self.err.print(f"  {escape(exc.hint)}")
+            self.err.print(f"  {_show(exc.hint)}")
         if self.json_mode:
             self.document(
                 {
@@ -244,7 +268,7 @@ class Reporter:
             )
 
     def warn(self, text: str) -> None:
-        self.err.print(f"[yellow]warning:[/] {escape(text)}")
+        self.err.print(f"[yellow]warning:[/] {_show(text)}")
 
     def info(self, text: str) -> None:
         if not self.json_mode and not self.quiet:
@@ -276,9 +300,9 @@ class Reporter:
             return
         if result.mode is not None:  # sync: made for cron, one line; why, on stderr
             for note in result.notes:
-                self.err.print(f"note: {escape(note)}")
+                self.err.print(f"note: {_show(note)}")
             if result.refusal:
-                self.err.print(f"[bold red]refused:[/] {escape(result.refusal)}")
+                self.err.print(f"[bold red]refused:[/] {_show(result.refusal)}")
             self.out.print(self._summary_line(result))
             return
         title = f"clerk-sync {result.command}" + (
@@ -303,28 +327,32 @@ class Reporter:
                 "[bold]Changes[/]" + (" (sample)" if len(result.changes) > self.sample else "")
             )
             for change in result.changes[: self.sample]:
-                self.out.print("  " + escape(self._change_line(change)))
+                self.out.print("  " + _show(self._change_line(change)))
         self._list(
             "Warnings (stored as NULL)",
-            [f"{w.clerk_id} {w.field}: {w.problem}" for w in result.warnings],
+            [f"{w.clerk_id} {w.field}: {w.problem}" for w in result.warnings[: self.sample]],
+            result.warnings.total,
         )
         self._list(
-            "Not synced", [f"{f.clerk_id or '(no id)'}: {f.problem}" for f in result.failures]
+            "Not synced",
+            [f"{f.clerk_id or '(no id)'}: {f.problem}" for f in result.failures[: self.sample]],
+            result.failures.total,
         )
         for note in result.notes:
-            self.out.print(f"note: {escape(note)}")
+            self.out.print(f"note: {_show(note)}")
         if result.refusal:
-            self.err.print(f"[bold red]refused:[/] {escape(result.refusal)}")
+            self.err.print(f"[bold red]refused:[/] {_show(result.refusal)}")
         self.out.print(self._summary_line(result))
 
-    def _list(self, title: str, lines: list[str]) -> None:
-        if not lines:
+    def _list(self, title: str, lines: list[str], total: int) -> None:
+        """The first lines of a list of ``total`` entries."""
+        if not total:
             return
-        self.out.print(f"[bold]{title}[/] ({len(lines)})")
+        self.out.print(f"[bold]{title}[/] ({total})")
         for line in lines[: self.sample]:
-            self.out.print(f"  {escape(line)}")
-        if len(lines) > self.sample:
-            self.out.print(f"  … and {len(lines) - self.sample} more (use --json for all)")
+            self.out.print(f"  {_show(line)}")
+        if total > self.sample:
+            self.out.print(f"  … and {total - self.sample} more (use --json for the first {KEEP})")
 
     @staticmethod
     def _change_line(change: Change) -> str:
@@ -356,7 +384,7 @@ class Reporter:
             self.document(user_json(report))
             return
         if not report.found:
-            self.out.print(f"{escape(report.clerk_id)}: not in Clerk and not in the table.")
+            self.out.print(f"{_show(report.clerk_id)}: not in Clerk and not in the table.")
             return
         table = Table(title=f"user {report.clerk_id}", title_justify="left")
         table.add_column("field")
@@ -373,7 +401,7 @@ class Reporter:
         for name in fields:
             clerk = getattr(report.mapped, name) if report.mapped else None
             row = report.row.get(name) if report.row else None
-            table.add_row(name, escape(_fmt(clerk)), escape(_fmt(row)))
+            table.add_row(name, _show(_fmt(clerk)), _show(_fmt(row)))
         self.out.print(table)
         if report.clerk is None:
             self.out.print("Clerk: no such user (404).")
@@ -383,17 +411,21 @@ class Reporter:
             self.out.print("Settings: no row.")
         else:
             shown = {k: _plain(v) for k, v in report.settings.items() if k not in ("user_id",)}
-            self.out.print("Settings: " + escape(", ".join(f"{k}={v}" for k, v in shown.items())))
+            self.out.print("Settings: " + _show(", ".join(f"{k}={v}" for k, v in shown.items())))
         for warning in report.warnings:
-            self.out.print(f"warning: {warning.field}: {escape(warning.problem)} (stored as NULL)")
+            self.out.print(f"warning: {warning.field}: {_show(warning.problem)} (stored as NULL)")
         if report.problem:
-            self.err.print(f"[red]problem:[/] {escape(report.problem)}")
+            self.err.print(f"[red]problem:[/] {_show(report.problem)}")
         planned = [c for c in report.changes if c.action is not Action.UNCHANGED]
         if not planned:
-            self.out.print("Planned: nothing, the row matches Clerk.")
+            self.out.print(
+                "Planned: nothing (see the problem above)."
+                if report.problem
+                else "Planned: nothing, the row matches Clerk."
+            )
         for change in planned:
             verb = "Applied" if report.applied else "Planned"
-            self.out.print(f"{verb}: " + escape(self._change_line(change)))
+            self.out.print(f"{verb}: " + _show(self._change_line(change)))
 
     def init_db(self, result: InitResult, target: str) -> None:
         if self.json_mode:
@@ -412,8 +444,9 @@ class Reporter:
             self.out.print(f"applied {name}")
         if result.created_app_schema:
             self.out.print(
-                "Created the guide's users and settings tables and their triggers "
-                "(marked as clerk-sync's)."
+                "Created the guide's users and settings tables and their triggers (marked as "
+                "clerk-sync's), with row-level security on and no policy: only their owner and "
+                "roles that bypass it (Supabase's postgres, service_role) can read them."
             )
         else:
             t = result.project.tables
@@ -430,9 +463,9 @@ class Reporter:
         for check in checks:
             mark = _MARKS[check.level]
             label = f"{check.area}: {check.name}".ljust(width)
-            self.out.print(f"{mark} {escape(label)}  {escape(check.detail)}")
+            self.out.print(f"{mark} {_show(label)}  {_show(check.detail)}")
             if check.fix and check.level is not Level.OK:
-                self.out.print(f"  [dim]fix:[/] {escape(check.fix)}")
+                self.out.print(f"  [dim]fix:[/] {_show(check.fix)}")
 
     def doctor(self, checks: Sequence[Check], fixed: Sequence[str], ok: bool) -> None:
         if self.json_mode:
@@ -446,7 +479,7 @@ class Reporter:
             )
             return
         for line in fixed:
-            self.out.print(f"fixed: dropped trigger {escape(line)}")
+            self.out.print(f"fixed: dropped trigger {_show(line)}")
         self.checks(checks)
         if ok:
             self.out.print("Nothing is ✗: next, `clerk-sync diff --dry-run`.")
@@ -470,17 +503,17 @@ class Reporter:
             age = f"{lock.heartbeat_age_s:.0f}s" if lock.heartbeat_age_s is not None else "?"
             who = f"run {lock.run_id} (pid {lock.pid} on {lock.host}), last heard from {age} ago"
             if lock.state == "held":
-                self.out.print(f"Lock: held by {escape(who)}: a run is in progress.")
+                self.out.print(f"Lock: held by {_show(who)}: a run is in progress.")
             else:
                 self.out.print(
-                    f"Lock: [bold yellow]stale[/], {escape(who)}: it stopped; "
+                    f"Lock: [bold yellow]stale[/], {_show(who)}: it stopped; "
                     "the next run takes the lock over."
                 )
         pin = report.pin
         self.out.print(
             "Clerk instance: not pinned yet (the first writing run pins it)."
             if pin is None
-            else f"Clerk instance: {escape(pin.instance.describe())}, pinned {_when(pin.pinned_at)}."
+            else f"Clerk instance: {_show(pin.instance.describe())}, pinned {_when(pin.pinned_at)}."
         )
         full = report.last_full
         self.out.print(
@@ -510,12 +543,12 @@ class Reporter:
             note = run.summary.get("error") or run.summary.get("refusal") or ""
             table.add_row(
                 str(run.id),
-                escape(command),
+                _show(command),
                 _when(run.started_at),
                 took,
                 shown,
                 str(run.drift),
-                escape(str(note)[:80]),
+                _show(str(note)[:80]),
             )
         self.out.print(table)
 
@@ -523,7 +556,7 @@ class Reporter:
 
     def step(self, text: str) -> None:
         if not self.json_mode:
-            self.out.print(f"[bold cyan]==>[/] {escape(text)}")
+            self.out.print(f"[bold cyan]==>[/] {_show(text)}")
 
     def run_result(self, title: str, result: SyncResult) -> None:
         if not self.json_mode:

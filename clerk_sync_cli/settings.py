@@ -7,18 +7,21 @@ names the variable, never the value.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import psycopg.conninfo
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clerk_sync_cli.errors import ConfigError
+from clerk_sync_cli.scrub import register
 from clerk_sync_cli.tables import Tables
 
 DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
@@ -36,6 +39,9 @@ class Settings(BaseSettings):
     clerk_secret_key: SecretStr | None = None
     database_url: SecretStr | None = None
     clerk_api_url: str = DEFAULT_CLERK_API_URL
+    #: Let CLERK_API_URL be plain http:// to a host other than this machine (the key then
+    #: travels unencrypted): only for a trusted network, such as an emulator in CI.
+    clerk_sync_allow_insecure_http: bool = False
     #: How hard to retry Clerk: attempts per request, and seconds per request in all.
     clerk_sync_max_attempts: int = Field(default=8, ge=1, le=100)
     clerk_sync_retry_seconds: float = Field(default=300.0, gt=0, le=3600)
@@ -52,7 +58,12 @@ class Settings(BaseSettings):
     clerk_sync_ping_url: SecretStr | None = None
 
     def secrets(self) -> list[str]:
-        """Every secret value these settings hold, for scrubbing unexpected messages."""
+        """Every secret value these settings hold, whole: the key, the database password, the
+        database URL and the ping URL."""
+        return [*self._pieces(), *self._wholes()]
+
+    def _pieces(self) -> list[str]:
+        """Secrets of which no piece may show: the key, the password, the ping URL's token."""
         found = [self.clerk_secret_key.get_secret_value()] if self.clerk_secret_key else []
         if self.database_url is not None:
             try:
@@ -61,10 +72,20 @@ class Settings(BaseSettings):
                 password = {}
             if password.get("password"):
                 found.append(str(password["password"]))
-            found.append(self.database_url.get_secret_value())
+            found += url_passwords(self.database_url.get_secret_value())
         if self.clerk_sync_ping_url is not None:
-            found.append(self.clerk_sync_ping_url.get_secret_value())
+            parts = urlsplit(self.clerk_sync_ping_url.get_secret_value())
+            found += [parts.path.strip("/"), parts.query, parts.password or ""]
         return [s for s in found if s]
+
+    def _wholes(self) -> list[str]:
+        """Secrets whose other parts (a host, a port) may be printed."""
+        found = [u.get_secret_value() for u in (self.database_url, self.clerk_sync_ping_url) if u]
+        return [s for s in found if s]
+
+    def register_secrets(self) -> None:
+        register(*self._pieces())
+        register(*self._wholes(), pieces=False)
 
     def secret_key(self) -> SecretStr:
         """The Clerk secret key, checked for shape; ConfigError naming the variable otherwise."""
@@ -85,6 +106,15 @@ class Settings(BaseSettings):
         if url is None or not url.get_secret_value().strip():
             raise ConfigError("DATABASE_URL is not set.", ENV_EXAMPLE_HINT)
         value = url.get_secret_value().strip()
+        if unencoded_userinfo(value):
+            raise ConfigError(
+                "DATABASE_URL is malformed: its user or password holds a character that must be "
+                "percent-encoded in a URL (one of / ? # @ [ ] or a % not followed by two hex "
+                "digits).",
+                "Percent-encode the password (e.g. python3 -c 'import urllib.parse, getpass; "
+                'print(urllib.parse.quote(getpass.getpass(), safe=""))\'), or use the '
+                "key=value form: host=… user=… password=… dbname=….",
+            )
         try:
             psycopg.conninfo.conninfo_to_dict(value)
         except psycopg.ProgrammingError:
@@ -106,17 +136,74 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "CLERK_API_URL is malformed: expected a URL such as https://api.clerk.com/v1."
             )
+        host = parts.hostname or ""
+        if (
+            parts.scheme == "http"
+            and not is_loopback(host)
+            and not self.clerk_sync_allow_insecure_http
+        ):
+            raise ConfigError(
+                f"CLERK_API_URL is plain http:// to {host}: the secret key would travel "
+                "unencrypted; refusing.",
+                "Use https://, or set CLERK_SYNC_ALLOW_INSECURE_HTTP=1 if that network is "
+                "trusted (plain http:// to localhost is always allowed).",
+            )
         return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine: localhost, 127.0.0.0/8 or ::1."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_URL_SCHEMES = ("postgres://", "postgresql://")
+_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _userinfo(dsn: str) -> str | None:
+    """A URL's userinfo as written (up to its last ``@``), or None for a key=value string or
+    a URL without one. A query value holding an ``@`` makes it look longer: it is then
+    refused too, which is safe."""
+    if not dsn.lower().startswith(_URL_SCHEMES):
+        return None
+    rest = dsn.split("://", 1)[1]
+    return rest.rsplit("@", 1)[0] if "@" in rest else None
+
+
+def unencoded_userinfo(dsn: str) -> bool:
+    """Whether a URL's user or password holds a character that must be percent-encoded there:
+    libpq would then split the URL elsewhere and quote pieces of the password in its errors."""
+    userinfo = _userinfo(dsn)
+    if userinfo is None:
+        return False
+    return any(c in userinfo for c in "/?#@[]") or bool(_PERCENT.search(userinfo))
+
+
+def url_passwords(dsn: str) -> list[str]:
+    """The password of a URL as written and as decoded, for the scrubber."""
+    userinfo = _userinfo(dsn)
+    if userinfo is None or ":" not in userinfo:
+        return []
+    written = userinfo.split(":", 1)[1]
+    return [written, unquote(written)]
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Build settings; ``overrides`` are command-line values (``None`` means not given)."""
     given = {name: value for name, value in overrides.items() if value is not None}
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as exc:
         names = ", ".join(str(err["loc"][0]).upper() for err in exc.errors() if err["loc"])
         raise ConfigError(f"Invalid setting: {names or 'unknown'}.", ENV_EXAMPLE_HINT) from None
+    settings.register_secrets()
+    return settings
 
 
 def key_kind(key: SecretStr | str) -> str:

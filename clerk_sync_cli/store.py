@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -31,6 +36,7 @@ from clerk_sync_cli.bookkeeping import Bookkeeping
 from clerk_sync_cli.clerk import Window
 from clerk_sync_cli.errors import (
     BatchDataError,
+    ClerkSyncError,
     DatabaseUnavailableError,
     LockHeldError,
     SchemaError,
@@ -39,6 +45,7 @@ from clerk_sync_cli.history import (
     FULL_COMMANDS,
     Baseline,
     Instance,
+    Origin,
     Pin,
     RunRecord,
     SyncState,
@@ -68,16 +75,39 @@ RUN_HISTORY_DAYS = 90
 
 @dataclass(frozen=True)
 class LockHolder:
+    """The lock row as read: its run (for display), where that run's process runs, its token
+    (None: taken by a clerk-sync older than migration 005) and its heartbeat, exactly."""
+
     run_id: int
     host: str
     pid: int
     heartbeat_age_s: float
+    heartbeat_at: datetime
+    token: str | None = None
+    boot_id: str | None = None
+    pid_ns: str | None = None
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.host, self.pid, self.boot_id, self.pid_ns)
 
     def is_stale(self, stale_after_s: float) -> bool:
-        """Silent for too long, or a process on this host that no longer exists."""
+        """Silent for too long, or a process known to be gone (see :func:`process_alive`)."""
         if self.heartbeat_age_s > stale_after_s:
             return True
-        return self.host == socket.gethostname() and not _process_alive(self.pid)
+        return not process_alive(self.origin)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One acquisition of the writer lock, for run ``run_id``. ``token`` is this
+    acquisition's alone: the heartbeat, the check before each commit and the release go by
+    it, so a run that resumes another's run id never shares its lease. ``replaced``: the
+    stale holder this acquisition took over, if any."""
+
+    run_id: int
+    token: str = field(repr=False)
+    replaced: LockHolder | None = None
 
 
 def _held(holder: LockHolder, stale_after_s: float) -> LockHeldError:
@@ -86,6 +116,13 @@ def _held(holder: LockHolder, stale_after_s: float) -> LockHeldError:
         f"on {holder.host}, last heard from {holder.heartbeat_age_s:.0f}s ago).",
         "Nothing was changed. It will be taken over if that run stays silent for "
         f"{stale_after_s / 60:.0f} minutes.",
+    )
+
+
+def _lost() -> LockHeldError:
+    return LockHeldError(
+        "Another clerk-sync run took over the lock (this run was silent too long); stopping.",
+        "Nothing from this page was applied.",
     )
 
 
@@ -99,12 +136,43 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def process_alive(host: str | None, pid: int | None) -> bool:
-    """False only when the process is known to be gone: it ran on this host and is no more.
-    A process on another host (or unknown) is presumed alive."""
-    if host != socket.gethostname() or pid is None:
+def _read_text(path: str) -> str | None:
+    try:
+        return Path(path).read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_link(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+@cache
+def _boot_and_pid_ns() -> tuple[str | None, str | None]:
+    """This boot's id and this process's PID namespace (neither changes while it runs)."""
+    return _read_text("/proc/sys/kernel/random/boot_id"), _read_link("/proc/self/ns/pid")
+
+
+def this_process() -> Origin:
+    """Where this process runs, as recorded with a run and a lock."""
+    boot_id, pid_ns = _boot_and_pid_ns()
+    return Origin(socket.gethostname(), os.getpid(), boot_id, pid_ns)
+
+
+def process_alive(origin: Origin) -> bool:
+    """False only when the process is known to be gone: it ran on this host, in this boot and
+    in this PID namespace (all three known and equal to ours), and no process has its pid.
+    Anywhere else (another host, or a container sharing this hostname) the pid means nothing
+    here, so the process is presumed alive: only its heartbeat can tell."""
+    here = this_process()
+    if origin.pid is None or origin.boot_id is None or origin.pid_ns is None:
         return True
-    return _process_alive(pid)
+    if (origin.host, origin.boot_id, origin.pid_ns) != (here.host, here.boot_id, here.pid_ns):
+        return True
+    return _process_alive(origin.pid)
 
 
 def connect(dsn: str, *, application_name: str = "clerk-sync") -> psycopg.Connection[Any]:
@@ -301,15 +369,15 @@ class Store:
         self,
         work: Callable[[Cursor], T],
         *,
-        locked_by: int | None = None,
+        locked_by: Lease | None = None,
         pipelined: bool = False,
     ) -> T:
         """Run ``work`` in one transaction; if the connection fails (dropped, restarted,
         timed out), roll back, reconnect and run it again, a bounded number of times.
 
-        ``locked_by``: the unit belongs to this run, which holds the writer lock; the lock's
-        heartbeat is refreshed in the same transaction, and if another run has taken the lock
-        over (this one was silent too long) the unit stops before it commits."""
+        ``locked_by``: the unit belongs to the run holding this lease of the writer lock; the
+        lease's heartbeat is refreshed in the same transaction, and if another run has taken
+        the lock over (this one was silent too long) the unit stops before it commits."""
         for attempt in range(self.reconnect_attempts + 1):
             try:
                 with self.transaction(pipelined=pipelined) as cur:
@@ -350,13 +418,15 @@ class Store:
     # -- runs, lock, checkpoints --------------------------------------------------------------
 
     def start_run(self, command: str, dry_run: bool) -> int:
-        """Record a run as running, and where it runs (host, pid)."""
+        """Record a run as running, and where it runs (host, pid, boot, PID namespace)."""
+        here = this_process()
 
         def insert(cur: Cursor) -> int:
             cur.execute(
-                "INSERT INTO clerk_sync.runs (command, dry_run, status, host, pid) "
-                "VALUES (%s, %s, 'running', %s, %s) RETURNING id",
-                (command, dry_run, socket.gethostname(), os.getpid()),
+                "INSERT INTO clerk_sync.runs "
+                "(command, dry_run, status, host, pid, boot_id, pid_ns) "
+                "VALUES (%s, %s, 'running', %s, %s, %s, %s) RETURNING id",
+                (command, dry_run, here.host, here.pid, here.boot_id, here.pid_ns),
             )
             return int(_one(cur)[0])
 
@@ -392,15 +462,33 @@ class Store:
         status: str,
         summary: dict[str, Any],
         *,
+        lease: Lease | None = None,
         resumable: bool = False,
         watermark_ms: int | None = None,
         prune: bool = False,
     ) -> None:
-        """Record how the run ended and release its lock. Unless ``resumable`` (an interrupted
-        run the next one continues), its scratch rows and checkpoints are dropped. ``prune``
-        (writing runs): delete history older than :data:`RUN_HISTORY_DAYS`."""
+        """Record how the run ended and release its ``lease``, in one transaction. Unless
+        ``resumable`` (an interrupted run the next one continues), its scratch rows and
+        checkpoints are dropped. ``prune`` (writing runs): delete history older than
+        :data:`RUN_HISTORY_DAYS`.
+
+        With a lease, all of it happens only while the lease is still held: a run whose lock
+        was taken over raises LockHeldError and records nothing (the run that took over may
+        have resumed this very run id; its history row and checkpoints are that run's now)."""
+        assert lease is None or lease.run_id == run_id
 
         def finish(cur: Cursor) -> None:
+            if lease is not None:
+                cur.execute(
+                    "DELETE FROM clerk_sync.locks WHERE name = %s AND token = %s RETURNING 1",
+                    (LOCK_NAME, lease.token),
+                )
+                if cur.fetchone() is None:
+                    raise LockHeldError(
+                        "Another clerk-sync run took over the lock (this run was silent too "
+                        "long); its end was not recorded.",
+                        "The run history is the other run's now.",
+                    )
             cur.execute(
                 "UPDATE clerk_sync.runs SET status = %s, finished_at = now(), "
                 "summary = coalesce(summary, '{}'::jsonb) || %s, "
@@ -412,28 +500,41 @@ class Store:
                 cur.execute("DELETE FROM clerk_sync.run_windows WHERE run_id = %s", (run_id,))
             if prune:
                 cur.execute(PRUNE_RUNS, (RUN_HISTORY_DAYS, list(FULL_COMMANDS)))
-            cur.execute(
-                "DELETE FROM clerk_sync.locks WHERE name = %s AND run_id = %s", (LOCK_NAME, run_id)
-            )
 
         self.atomic(finish)
 
     def lock_holder(self) -> LockHolder | None:
+        """The lock row, if any. Reads a lock table older than migration 005 too (``status``
+        and ``doctor`` migrate nothing): the columns it lacks read as None."""
+
         def read(cur: Cursor) -> LockHolder | None:
             cur.execute(
-                "SELECT run_id, host, pid, extract(epoch FROM now() - heartbeat_at) "
-                "FROM clerk_sync.locks WHERE name = %s",
+                "SELECT run_id, host, pid, extract(epoch FROM now() - heartbeat_at), "
+                "heartbeat_at, to_jsonb(l)->>'token', to_jsonb(l)->>'boot_id', "
+                "to_jsonb(l)->>'pid_ns' FROM clerk_sync.locks l WHERE name = %s",
                 (LOCK_NAME,),
             )
             row = cur.fetchone()
-            return LockHolder(int(row[0]), row[1], int(row[2]), float(row[3])) if row else None
+            if row is None:
+                return None
+            run_id, host, pid, age, heartbeat_at, token, boot_id, pid_ns = row
+            return LockHolder(
+                int(run_id), host, int(pid), float(age), heartbeat_at, token, boot_id, pid_ns
+            )
 
         return self.atomic(read)
 
-    def acquire_lock(self, run_id: int, *, stale_after_s: float) -> LockHolder | None:
-        """Take the one writer lock for ``run_id``. Returns the stale holder it replaced (a
-        crashed run), or None. Raises LockHeldError while a live run holds it."""
-        me = (socket.gethostname(), os.getpid())
+    def acquire_lock(self, run_id: int, *, stale_after_s: float) -> Lease:
+        """Take the one writer lock for run ``run_id``: a new lease, with a token of its own.
+        Raises LockHeldError while a live run holds it.
+
+        A stale holder (a crashed run) is replaced only if it is still exactly the holder read
+        (same token, same heartbeat to the microsecond): one that was heard from in between
+        keeps the lock, and of two runs taking over at once (both resuming the same crashed
+        run, say) exactly one wins."""
+        here = this_process()
+        token = secrets.token_hex(16)
+        mine = (run_id, token, here.host, here.pid, here.boot_id, here.pid_ns)
         holder = self.lock_holder()
         if holder is not None and not holder.is_stale(stale_after_s):
             raise _held(holder, stale_after_s)
@@ -441,43 +542,44 @@ class Store:
         def take(cur: Cursor) -> bool:
             if holder is None:
                 cur.execute(
-                    "INSERT INTO clerk_sync.locks (name, run_id, host, pid) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (name) DO NOTHING RETURNING run_id",
-                    (LOCK_NAME, run_id, *me),
+                    "INSERT INTO clerk_sync.locks "
+                    "(name, run_id, token, host, pid, boot_id, pid_ns) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (name) DO NOTHING RETURNING 1",
+                    (LOCK_NAME, *mine),
                 )
             else:
                 cur.execute(
-                    "UPDATE clerk_sync.locks SET run_id = %s, host = %s, pid = %s, "
-                    "acquired_at = now(), heartbeat_at = now() WHERE name = %s AND run_id = %s "
-                    "RETURNING run_id",
-                    (run_id, *me, LOCK_NAME, holder.run_id),
+                    "UPDATE clerk_sync.locks SET run_id = %s, token = %s, host = %s, pid = %s, "
+                    "boot_id = %s, pid_ns = %s, acquired_at = now(), heartbeat_at = now() "
+                    "WHERE name = %s AND token IS NOT DISTINCT FROM %s AND heartbeat_at = %s "
+                    "RETURNING 1",
+                    (*mine, LOCK_NAME, holder.token, holder.heartbeat_at),
                 )
             return cur.fetchone() is not None
 
-        if not self.atomic(take):  # another run took it between our read and our write
+        if not self.atomic(take):  # another run took it (or its holder spoke) in between
             winner = self.lock_holder()
             if winner is None:
                 raise LockHeldError(
                     "Another clerk-sync run holds the lock.", "Nothing was changed."
                 )
-            raise _held(winner, stale_after_s)
-        return holder
+            if winner.token != token:  # else: ours, committed before a lost connection
+                raise _held(winner, stale_after_s)
+        return Lease(run_id, token, holder)
 
-    def _heartbeat(self, cur: Cursor, run_id: int) -> None:
-        """Refresh the lock (the row stays locked by this transaction until it ends); the
+    def _heartbeat(self, cur: Cursor, lease: Lease) -> None:
+        """Refresh the lease (the row stays locked by this transaction until it ends); the
         answer is read by :meth:`_check_heartbeat`, in pipeline mode with the next one's."""
         cur.execute(
-            "UPDATE clerk_sync.locks SET heartbeat_at = now() WHERE name = %s AND run_id = %s "
-            "RETURNING run_id",
-            (LOCK_NAME, run_id),
+            "UPDATE clerk_sync.locks SET heartbeat_at = now() WHERE name = %s AND token = %s "
+            "RETURNING 1",
+            (LOCK_NAME, lease.token),
         )
 
     def _check_heartbeat(self, cur: Cursor) -> None:
         if cur.fetchone() is None:
-            raise LockHeldError(
-                "Another clerk-sync run took over the lock (this run was silent too long); stopping.",
-                "Nothing from this page was applied.",
-            )
+            raise _lost()
 
     def resumable_run(self, command: str) -> int | None:
         """The newest run of ``command`` that was left running (crashed) with checkpoints."""
@@ -552,9 +654,37 @@ class Store:
 
         return self.atomic(load)
 
-    def touch(self, run_id: int) -> None:
-        """Refresh the lock between units of work (during long confirmation loops)."""
-        self.atomic(lambda cur: None, locked_by=run_id)
+    def touch(self, lease: Lease) -> None:
+        """Refresh the lease between units of work (during long confirmation loops)."""
+        self.atomic(lambda cur: None, locked_by=lease)
+
+    @contextmanager
+    def heartbeat_in_background(self, lease: Lease | None, *, every_s: float) -> Iterator[None]:
+        """Keep ``lease`` fresh from a background thread while the caller waits on something
+        that is not the database (a prompt), every ``every_s`` seconds. The thread uses this
+        store, so the caller must not meanwhile; it is stopped and joined on exit. If the
+        lease is lost, the thread stops; the caller's next unit of work finds out."""
+        if lease is None:
+            yield
+            return
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every_s):
+                try:
+                    self.touch(lease)
+                except LockHeldError:
+                    return
+                except ClerkSyncError:
+                    continue  # the database is away: try again next time
+
+        thread = threading.Thread(target=beat, name="clerk-sync-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def checkpoint(
         self, cur: Cursor, run_id: int, window_no: int, cursor: str | None, done: bool
@@ -570,6 +700,18 @@ class Store:
             return int(_one(cur)[0])
 
         return self.atomic(count)
+
+    def one_seen(self, run_id: int) -> str | None:
+        """One user run ``run_id`` saw in Clerk's listing (any), or None."""
+
+        def read(cur: Cursor) -> str | None:
+            cur.execute(
+                "SELECT clerk_id FROM clerk_sync.run_seen WHERE run_id = %s LIMIT 1", (run_id,)
+            )
+            found = cur.fetchone()
+            return None if found is None else str(found[0])
+
+        return self.atomic(read)
 
     # -- instance pin and history ---------------------------------------------------------------
 
@@ -627,9 +769,11 @@ class Store:
 
         return self.atomic(read)
 
+    # boot_id and pid_ns through to_jsonb: a table older than migration 005 reads as None
     _RUN_COLUMNS = (
         "id, command, dry_run, status, started_at, finished_at, coalesce(summary, '{}'::jsonb), "
-        "instance_id, environment_type, host, pid, watermark_ms"
+        "instance_id, environment_type, host, pid, watermark_ms, "
+        "to_jsonb(runs)->>'boot_id', to_jsonb(runs)->>'pid_ns'"
     )
 
     def recent_runs(self, limit: int) -> list[RunRecord]:
@@ -887,8 +1031,9 @@ class Store:
         cur.execute(query, (list(clerk_ids),))
         return {r[0] for r in cur.fetchall()}
 
-    def deactivate(self, clerk_ids: Sequence[str], *, run_id: int | None = None) -> set[str]:
-        """Set ``is_active = false`` on these rows (never DELETE); returns the ids changed."""
+    def deactivate(self, clerk_ids: Sequence[str], *, lease: Lease | None = None) -> set[str]:
+        """Set ``is_active = false`` on these rows (never DELETE); returns the ids changed.
+        ``lease``: the writer lock it is done under (checked before it commits)."""
         query = sql.SQL(
             "UPDATE {} SET is_active = false WHERE clerk_id = ANY(%s) "
             "AND is_active IS DISTINCT FROM false RETURNING clerk_id"
@@ -898,7 +1043,7 @@ class Store:
             cur.execute(query, (list(clerk_ids),))
             return {r[0] for r in cur.fetchall()}
 
-        return self.atomic(update, locked_by=run_id)
+        return self.atomic(update, locked_by=lease)
 
     # -- schema setup --------------------------------------------------------------------------
 

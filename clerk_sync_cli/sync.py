@@ -15,10 +15,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from clerk_sync_cli.bookkeeping import Bookkeeping
+from clerk_sync_cli.capped import Capped
 from clerk_sync_cli.clerk import (
     PAGE_LIMIT,
     ClerkClient,
@@ -36,6 +38,7 @@ from clerk_sync_cli.errors import (
     ExitCode,
     InstanceMismatchError,
     LockHeldError,
+    UnconfirmedError,
 )
 from clerk_sync_cli.history import (
     Baseline,
@@ -62,7 +65,7 @@ from clerk_sync_cli.plan import (
     plan_user,
 )
 from clerk_sync_cli.project import SchemaInfo, damaged_message, schema_info
-from clerk_sync_cli.store import Cursor, Store, process_alive
+from clerk_sync_cli.store import Cursor, Lease, Store, process_alive
 
 #: Windows of the list walked at once, all under the one --max-rps pace. At Clerk's ~300 ms a
 #: page, 16 in flight make ~50 requests/s: more than half a production key's limit (100/s),
@@ -132,9 +135,10 @@ class SyncResult:
     counts: Counter[Action] = field(default_factory=Counter)
     applied: Counter[Action] = field(default_factory=Counter)
     changes: list[Change] = field(default_factory=list)
-    warnings: list[FieldWarning] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    # bounded: the first KEEP of each are kept, and their totals
+    warnings: Capped[FieldWarning] = field(default_factory=Capped)
+    failures: Capped[Failure] = field(default_factory=Capped)
+    notes: Capped[str] = field(default_factory=Capped)
     refusal: str | None = None
     duration_s: float = 0.0
     changes_cap: int = 1000
@@ -185,7 +189,7 @@ class SyncResult:
             "counts": {a.value: self.counts[a] for a in ACTIONS},
             "applied": {a.value: self.applied[a] for a in ACTIONS},
             "refusal": self.refusal,
-            "failures": len(self.failures),
+            "failures": self.failures.total,
             "requests": self.requests,
             "duration_s": round(self.duration_s, 3),
         }
@@ -202,20 +206,26 @@ class SyncResult:
 @dataclass
 class _Run:
     """The bookkeeping of one run: its id (None: a read-only run, which records nothing),
-    whether it holds the lock, what to walk (None: not planned yet), and whether a later run
-    may resume it from its checkpoints.
+    its lease of the writer lock (None: it holds none), what to walk (None: not planned yet),
+    and whether a later run may resume it from its checkpoints.
 
     A writing run records the users it has seen in ``clerk_sync.run_seen``; a read-only run
     writes nothing, so it keeps them in ``seen`` as their 64-bit hashes (about 60 bytes a
-    user). Two ids that collide could only make a dry run count one user too few."""
+    user). Two ids that collide could only make a dry run count one user too few; ``listed``
+    keeps one id it saw whole, for the check before deletions are trusted."""
 
     id: int | None
-    locked: bool
+    lease: Lease | None
     todo: list[tuple[Window, str | None]] | None = None
     resumed: bool = False
     resumable: bool = True
     seen: set[int] | None = None
+    listed: str | None = None
     bookkeeping: Bookkeeping | None = None
+
+    @property
+    def locked(self) -> bool:
+        return self.lease is not None
 
     @property
     def has_history(self) -> bool:
@@ -227,6 +237,13 @@ class _Run:
             return len(self.seen)
         assert self.id is not None
         return store.seen_count(self.id)
+
+    def one_listed(self, store: Store) -> str | None:
+        """A user this run saw in Clerk's listing, if any."""
+        if self.seen is not None:
+            return self.listed
+        assert self.id is not None
+        return store.one_seen(self.id)
 
     def unseen_active(self, store: Store, limit: int) -> tuple[int, list[DbUser]]:
         if self.seen is not None:
@@ -316,7 +333,7 @@ def _begin(store: Store, options: SyncOptions, result: SyncResult) -> _Run:
     """Start (or resume) the run; take the lock when it writes. A resumed run gets the
     windows left to walk from its checkpoints."""
     if options.dry_run:
-        return _Run(None, False, resumable=False, seen=set(), bookkeeping=store.bookkeeping())
+        return _Run(None, None, resumable=False, seen=set(), bookkeeping=store.bookkeeping())
     migrated = store.ensure_bookkeeping()
     if migrated:
         result.notes.append(
@@ -326,13 +343,15 @@ def _begin(store: Store, options: SyncOptions, result: SyncResult) -> _Run:
     resumable = store.resumable_run(options.command) if options.resume else None
     run_id = resumable or store.start_run(options.command, False)
     try:
-        stale = store.acquire_lock(run_id, stale_after_s=options.stale_after_s)
+        lease = store.acquire_lock(run_id, stale_after_s=options.stale_after_s)
     except LockHeldError as exc:
         if resumable is None:
             store.finish_run(run_id, "skipped", {"error": exc.message})
         raise
-    if stale is not None:
-        result.notes.append(f"Took over the lock from run {stale.run_id}, which had stopped.")
+    if lease.replaced is not None:
+        result.notes.append(
+            f"Took over the lock from run {lease.replaced.run_id}, which had stopped."
+        )
     store.abandon_runs(keep=run_id, command=options.command)
     if resumable is not None:
         store.resume_run(run_id)
@@ -340,12 +359,12 @@ def _begin(store: Store, options: SyncOptions, result: SyncResult) -> _Run:
         result.notes.append(f"Resuming run {run_id} from its checkpoint.")
         return _Run(
             run_id,
-            True,
+            lease,
             [(w, cursor) for w, cursor, done in saved if not done],
             resumed=True,
             bookkeeping=books,
         )
-    return _Run(run_id, True, resumable=options.resume, bookkeeping=books)
+    return _Run(run_id, lease, resumable=options.resume, bookkeeping=books)
 
 
 def _check_instance(
@@ -523,6 +542,7 @@ def _finish(
             run.id,
             result.status,
             summary,
+            lease=run.lease,
             resumable=resumable,
             watermark_ms=result.watermark_ms,
             prune=run.locked,
@@ -645,11 +665,10 @@ def _write_page(
             checkpoint(cur)
         return changes, unchanged, applied, failures
 
-    changes, unchanged, applied, failures = store.atomic(
-        unit, locked_by=run.id if run.locked else None, pipelined=True
-    )
+    changes, unchanged, applied, failures = store.atomic(unit, locked_by=run.lease, pipelined=True)
     if run.seen is not None:  # only once the unit is done (a reconnect reruns it)
         run.seen.update(hash(clerk_id) for clerk_id in rows)
+        run.listed = run.listed or next(iter(rows), None)
     result.record(changes)
     result.counts[Action.UNCHANGED] += unchanged
     result.applied.update(applied)
@@ -717,7 +736,8 @@ def _deactivate(
     active_rows: int,
     confirm: Confirm | None,
 ) -> None:
-    """Deactivate active rows whose users Clerk no longer lists, each confirmed by a 404."""
+    """Deactivate active rows whose users Clerk no longer lists, each confirmed by Clerk's
+    own 404, once a user the run listed has shown that the lookup reaches Clerk."""
     count, _ = run.unseen_active(store, limit=0)
     refusal = options.guard.refusal(count, active_rows, result.clerk_users)
     if refusal:
@@ -725,8 +745,23 @@ def _deactivate(
         result.status, result.refusal = "refused", refusal
         return
     _, candidates = run.unseen_active(store, limit=count)
+    untrusted = _lookup_problem(client, lambda: run.one_listed(store)) if candidates else None
+    if untrusted:
+        result.notes.append(f"No deletion could be confirmed with Clerk: {untrusted}.")
     confirmed: list[DbUser] = []
+    beat_every_s, beaten = options.stale_after_s / 4, time.monotonic()
     for n, row in enumerate(candidates, 1):
+        # first thing, so a lookup that fails (after its retries) cannot skip it
+        if run.lease is not None and (n % 100 == 0 or time.monotonic() - beaten > beat_every_s):
+            store.touch(run.lease)
+            beaten = time.monotonic()
+        if untrusted:
+            result.failures.append(
+                Failure(
+                    row.clerk_id, f"not deactivated: could not confirm with Clerk ({untrusted})"
+                )
+            )
+            continue
         try:
             present = client.get_user(row.clerk_id)
         except ClerkSyncError as exc:
@@ -742,17 +777,37 @@ def _deactivate(
             result.notes.append(
                 f"{row.clerk_id} was missing from the listing but Clerk still has it; left active."
             )
-        if run.locked and run.id is not None and n % 100 == 0:
-            store.touch(run.id)
     changes = [plan_deactivation(row) for row in confirmed]
     result.record(changes)
     if not changes or options.dry_run:
         return
-    if confirm is not None and not confirm(changes):
-        result.status, result.refusal = "refused", "Deactivation declined at the prompt."
-        return
-    done = store.deactivate([c.clerk_id for c in changes], run_id=run.id if run.locked else None)
+    if confirm is not None:
+        with store.heartbeat_in_background(run.lease, every_s=beat_every_s):  # a prompt waits
+            agreed = confirm(changes)
+        if not agreed:
+            result.status, result.refusal = "refused", "Deactivation declined at the prompt."
+            return
+    done = store.deactivate([c.clerk_id for c in changes], lease=run.lease)
     result.applied[Action.DEACTIVATE] += len(done)
+
+
+LOOKUP_HINT = (
+    "Check CLERK_API_URL reaches Clerk's Backend API (https://api.clerk.com/v1) directly, "
+    "not a proxy or router answering for it."
+)
+
+
+def _lookup_problem(client: ClerkClient, known: Callable[[], str | None]) -> str | None:
+    """Why no 404 from ``GET /users/{id}`` can be trusted, or None: the positive control.
+    ``known()`` names a user Clerk lists; its lookup must answer 200 with that user."""
+    try:
+        clerk_id = known()
+        if clerk_id is None:
+            return "Clerk listed no other user to check GET /users/{id} against"
+        client.verify_lookup(clerk_id)
+    except ClerkSyncError as exc:
+        return exc.message.rstrip(".")
+    return None
 
 
 # -- one user ---------------------------------------------------------------------------------
@@ -782,8 +837,10 @@ def inspect_user(
     *,
     apply: bool = False,
     allow_instance_change: bool = False,
+    stale_after_s: float = 600.0,
 ) -> UserReport:
-    """Clerk's record, the table row and the settings row, with the planned change."""
+    """Clerk's record, the table row and the settings row, with the planned change.
+    ``apply`` writes it as a writing run does: recorded as a ``user`` run, under the lock."""
     schema = store.inspect(writing=apply)
     instance = Instance.from_clerk(client.get_instance())
     books = store.bookkeeping()
@@ -796,7 +853,11 @@ def inspect_user(
     )
     if decision.refusal:
         raise InstanceMismatchError(decision.refusal, INSTANCE_HINT)
-    raw = client.get_user(clerk_id)
+    unconfirmed: str | None = None
+    try:
+        raw = client.get_user(clerk_id)
+    except UnconfirmedError as exc:  # a 404 that is not Clerk's: Clerk may well have the user
+        raw, unconfirmed = None, exc.message
     existing = store.fetch_user(clerk_id, can_read_settings=schema.can_read_settings)
     row, settings = store.fetch_row_and_settings(clerk_id)
     report = UserReport(clerk_id, raw, None, row, settings, [], [])
@@ -808,23 +869,78 @@ def inspect_user(
         report.mapped, report.warnings = mapped.row, list(mapped.warnings)
         report.changes = plan_user(mapped.row, existing)
     elif existing is not None and existing.is_active is not False:
-        report.changes = [plan_deactivation(existing)]
+        unconfirmed = unconfirmed or _lookup_problem(client, lambda: client.other_user_id(clerk_id))
+        if unconfirmed is None:
+            report.changes = [plan_deactivation(existing)]
+        else:
+            unconfirmed = f"not deactivated: could not confirm with Clerk ({unconfirmed})"
+    elif unconfirmed is not None:
+        unconfirmed = f"could not confirm with Clerk whether it has this user ({unconfirmed})"
+    if unconfirmed is not None:
+        if not report.found:
+            raise UnconfirmedError(f"{clerk_id}: {unconfirmed}.", LOOKUP_HINT)
+        report.problem = unconfirmed
+        return report  # nothing is written on a guess
     if not apply:
         return report
     store.ensure_bookkeeping()
-    if decision.write:
-        store.pin_instance(instance, None, replace=decision.write == "repin")
-    writes = [c for c in report.changes if c.action is not Action.UNCHANGED]
-    if any(c.action is Action.DEACTIVATE for c in writes):
-        store.deactivate([clerk_id])
-    elif writes:
-        failures: list[Failure] = []
-        store.atomic(lambda cur: _apply(store, cur, schema, writes, Counter(), failures))
-        if failures:
-            report.problem = failures[0].problem
-    report.applied = bool(writes) and report.problem is None
+    lease = _user_lease(store, stale_after_s)
+    try:
+        store.set_run_instance(lease.run_id, instance)
+        if decision.write:
+            store.pin_instance(instance, lease.run_id, replace=decision.write == "repin")
+        writes = [c for c in report.changes if c.action is not Action.UNCHANGED]
+        if any(c.action is Action.DEACTIVATE for c in writes):
+            store.deactivate([clerk_id], lease=lease)
+        elif writes:
+            failures: list[Failure] = []
+            store.atomic(
+                lambda cur: _apply(store, cur, schema, writes, Counter(), failures),
+                locked_by=lease,
+            )
+            if failures:
+                report.problem = failures[0].problem
+        report.applied = bool(writes) and report.problem is None
+    except BaseException as exc:
+        _end_user_run(store, lease, report, exc)
+        raise
+    _end_user_run(store, lease, report)
     report.row, report.settings = store.fetch_row_and_settings(clerk_id)
     return report
+
+
+def _user_lease(store: Store, stale_after_s: float) -> Lease:
+    """Start a ``user`` run and take the writer lock for it; while another run holds the lock,
+    record the run as skipped and raise LockHeldError (nothing is written)."""
+    run_id = store.start_run("user", False)
+    try:
+        return store.acquire_lock(run_id, stale_after_s=stale_after_s)
+    except LockHeldError as exc:
+        store.finish_run(run_id, "skipped", {"error": exc.message})
+        raise
+
+
+def _end_user_run(
+    store: Store, lease: Lease, report: UserReport, error: BaseException | None = None
+) -> None:
+    """Record how the ``user`` run ended and release its lock (as :func:`_finish` does)."""
+    counts = Counter(c.action for c in report.changes)
+    summary: dict[str, Any] = {
+        "clerk_id": report.clerk_id,
+        "counts": {a.value: counts[a] for a in ACTIONS},
+        "applied": {
+            a.value: counts[a] if report.applied and a is not Action.UNCHANGED else 0
+            for a in ACTIONS
+        },
+        "failures": int(report.problem is not None),
+    }
+    if error is None:
+        status = "partial" if report.problem else "ok"
+        store.finish_run(lease.run_id, status, summary, lease=lease)
+        return
+    summary["error"] = error.message if isinstance(error, ClerkSyncError) else type(error).__name__
+    with suppress(ClerkSyncError):
+        store.finish_run(lease.run_id, "failed", summary, lease=lease)
 
 
 # -- status -------------------------------------------------------------------------------------

@@ -181,6 +181,7 @@ def test_user_deleted_in_clerk_is_deactivated_by_apply(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
 ) -> None:
     ada = emulator.emulator.create_user(first_name="Ada", email="ada@example.com")
+    emulator.emulator.create_user(first_name="Bob", email="bob@example.com")  # the control
     assert cli("backfill").exit_code == 0
     emulator.emulator.delete_user(ada["id"])
     doc = cli.json("user", ada["id"], "--apply")
@@ -277,3 +278,24 @@ def test_readme_quick_start_is_what_ci_runs() -> None:
     ci = (root / ".ci" / "run").read_text()
     for command in commands:
         assert command in ci
+
+
+def test_init_db_on_a_new_project_turns_row_level_security_on(cli: Cli, dsn: str) -> None:
+    """public is served by Supabase's Data API: tables of emails and names created with RLS
+    off would be readable by anyone holding the anon key."""
+    result = cli("init-db")
+    assert result.exit_code == 0, result.stderr
+    assert "row-level security on" in result.stdout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        flags = conn.execute(
+            "SELECT relname, relrowsecurity FROM pg_class WHERE relname IN "
+            "('users', 'user_monitoring_settings') ORDER BY 1"
+        ).fetchall()
+        assert flags == [("user_monitoring_settings", True), ("users", True)]
+        assert conn.execute("SELECT count(*) FROM pg_policy").fetchone() == (0,)
+        comments = conn.execute(
+            "SELECT obj_description('users'::regclass), "
+            "obj_description('clerk_sync_create_settings_row()'::regprocedure)"
+        ).fetchone()
+        assert comments is not None
+        assert all(c.startswith("clerk-sync") for c in comments)

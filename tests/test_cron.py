@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
+from clerk_sync_cli.store import this_process
 
 from .conftest import BOTH_SCHEMAS, Cli, populate, rows
 
@@ -255,9 +256,11 @@ def test_status_reports_a_stale_run_and_the_next_run_takes_over(
         "VALUES ('diff', false, 'running', %s, %s) RETURNING id",
         (socket.gethostname(), dead_pid()),
     ).fetchall()
+    here = this_process()  # the pid is known gone only on this host, boot and PID namespace
     db.execute(
-        "INSERT INTO clerk_sync.locks (name, run_id, host, pid) VALUES ('sync', %s, %s, %s)",
-        (stale_run, socket.gethostname(), dead_pid()),
+        "INSERT INTO clerk_sync.locks (name, run_id, host, pid, boot_id, pid_ns) "
+        "VALUES ('sync', %s, %s, %s, %s, %s)",
+        (stale_run, here.host, dead_pid(), here.boot_id, here.pid_ns),
     )
     [(crashed_run,)] = db.execute(  # left running, holding no lock
         "INSERT INTO clerk_sync.runs (command, dry_run, status) "

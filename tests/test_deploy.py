@@ -59,7 +59,13 @@ def test_crontab_lines_have_five_fields_and_flock() -> None:
     assert len(entries) == 2
     for line in entries:
         assert_cron_schedule(" ".join(line.split()[:5]))
-        assert re.search(r"\bflock -(n|w \d+) /\S+ ", line), line
+        flock = re.search(r"\bflock -(?:n|w \d+) (/\S+) ", line)
+        assert flock, line
+        # private to the user that runs it: not in a directory others may write, created 0600
+        assert line.split()[5:8] == ["umask", "077", "&&"], line
+        lock, log = flock.group(1), line.split(">> ", 1)[1].split()[0]
+        for path in (lock, log):
+            assert path.startswith("/srv/clerk-sync/"), path
         command = line.split(".venv/bin/clerk-sync ", 1)[1].split(" >>")[0]
         assert_cli_accepts(command.split())
     assert "clerk-sync sync --quiet" in entries[0]

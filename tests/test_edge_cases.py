@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
+import pytest
 
 from clerk_sync_cli.emulator import RunningEmulator
 
@@ -127,3 +129,51 @@ def test_near_miss_values_written_by_the_app_are_drift(
     assert stored(db, active["id"])["is_active"] is True
     assert stored(db, composed["id"])["first_name"] == "Zo\u00eb"
     assert cli.json("diff")["counts"]["unchanged"] == 6
+
+
+ESCAPES = "\x1b[2J\x1b]0;pwned\x07Evil\x1b[31m\u202e"
+
+
+@BOTH_SCHEMAS
+def test_terminal_escapes_in_clerk_data_never_reach_the_terminal(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
+) -> None:
+    """A name that would clear the screen, retitle the terminal and recolour what follows:
+    shown as escapes by backfill, diff --dry-run and user, stored as Clerk has it."""
+    clerk = emulator.emulator
+    evil = clerk.create_user(first_name=ESCAPES, last_name="x" * 140, email="evil@example.com")
+    result = cli("backfill")
+    assert result.exit_code == 0, result.stderr
+    assert stored(db, evil["id"])["first_name"] == ESCAPES
+    clerk.update_user(evil["id"], first_name="Calm")
+    outputs = [result, cli("diff", "--dry-run"), cli("user", evil["id"])]
+    for shown in outputs:
+        text = shown.stdout + shown.stderr
+        assert "\x1b" not in text
+        assert "\x07" not in text
+        assert "\u202e" not in text
+    assert "\\u001b[2J" in outputs[1].stdout + outputs[2].stdout  # visible, not obeyed
+    # --json is data, not a terminal: it keeps the value exactly (JSON escapes it)
+    assert cli.json("user", evil["id"])["row"]["first_name"] == ESCAPES
+
+
+@pytest.mark.slow
+def test_warnings_and_failures_are_capped_with_their_totals(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
+) -> None:
+    """A bad day upstream: 34,000 users with three values each that do not fit (102,000
+    warnings). The report keeps the first 1,000 of each list and says how many there were."""
+    clerk = emulator.emulator
+    for n in range(34_000):
+        clerk.create_user(
+            first_name="f" * 101, last_name="l" * 101, email=f"{'e' * 250}{n}@example.com"
+        )
+    result = cli("backfill", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["applied"]["create"] == 34_000
+    assert doc["totals"]["warnings"] == 102_000
+    assert len(doc["warnings"]) == 1000
+    assert len(result.stdout) < 1_000_000
+    human = cli("diff", "--dry-run")
+    assert "Warnings (stored as NULL) (102000)" in human.stdout

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from clerk_sync_cli import ddl
 from clerk_sync_cli.emulator import RunningEmulator
 
 from .conftest import BOTH_SCHEMAS, Cli, populate
@@ -115,7 +116,7 @@ def test_backfill_works_right_after_install_and_keeps_the_app_schema(
     assert app_part(after) == app_part(before)
     assert ("schema", "clerk_sync") in after
     versions = db.execute("SELECT version FROM clerk_sync.migrations ORDER BY 1").fetchall()
-    assert [v for (v,) in versions] == [1, 2, 3, 4]
+    assert [v for (v,) in versions] == list(range(1, ddl.latest_version() + 1))
     (owner,) = db.execute(
         "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'clerk_sync'"
     ).fetchone() or (None,)
@@ -308,7 +309,7 @@ def test_two_first_runs_at_once_create_the_schema_once(
     assert db.execute("SELECT count(*) FROM users").fetchone() == (600,)
     assert db.execute(
         "SELECT count(*), count(DISTINCT version) FROM clerk_sync.migrations"
-    ).fetchone() == (4, 4)
+    ).fetchone() == (ddl.latest_version(), ddl.latest_version())
 
 
 @BOTH_SCHEMAS
@@ -326,7 +327,8 @@ def test_doctor(
     assert f"as role {role}" in checks[("postgres", "reachable")]["detail"]
     schema = checks[("bookkeeping", "schema")]["detail"]
     # init-db made it on "ours"; on "existing" nothing has run yet
-    assert schema.startswith("none yet") if kind == "existing" else "version 4" in schema
+    latest = f"version {ddl.latest_version()}"
+    assert schema.startswith("none yet") if kind == "existing" else latest in schema
     settings = checks[("settings", "variables")]["detail"]
     assert "CLERK_SECRET_KEY (environment)" in settings
     text = json.dumps(doc)
@@ -335,7 +337,7 @@ def test_doctor(
 
     assert cli("backfill").exit_code == 0
     after = {(c["area"], c["check"]): c for c in cli.json("doctor")["checks"]}
-    assert "version 4" in after[("bookkeeping", "schema")]["detail"]
+    assert latest in after[("bookkeeping", "schema")]["detail"]
     assert "ins_emulator" in after[("bookkeeping", "instance")]["detail"]
     assert after[("bookkeeping", "last run")]["detail"].startswith("run ")
 

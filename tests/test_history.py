@@ -11,6 +11,7 @@ from clerk_sync_cli.history import (
     Counts,
     Instance,
     LockInfo,
+    Origin,
     RunRecord,
     SyncState,
     decide_pin,
@@ -131,11 +132,11 @@ def record(run_id: int, status: str = "running", *, dry_run: bool = False) -> Ru
     )
 
 
-def alive(host: str | None, pid: int | None) -> bool:
+def alive(origin: Origin) -> bool:
     return True
 
 
-def dead(host: str | None, pid: int | None) -> bool:
+def dead(origin: Origin) -> bool:
     return False
 
 

@@ -171,7 +171,8 @@ def test_a_run_whose_lock_was_taken_over_stops_before_its_next_commit(
                     "VALUES ('backfill', 'running') RETURNING id"
                 ).fetchall()
                 other.execute(
-                    "UPDATE clerk_sync.locks SET run_id = %s, pid = 1, heartbeat_at = now()",
+                    "UPDATE clerk_sync.locks SET run_id = %s, token = 'another-lease', pid = 1, "
+                    "heartbeat_at = now()",
                     (run_id,),
                 )
                 written_at_takeover.append(count(other))
@@ -321,11 +322,23 @@ GRANTS = """
 """
 
 
+#: init-db turns row-level security on for the tables it creates: such a role needs a policy
+#: that lets it see every row (the README's least-privilege recipe).
+POLICIES = """
+    CREATE POLICY clerk_sync_all ON public.users FOR ALL TO clerk_syncer
+        USING (true) WITH CHECK (true);
+    CREATE POLICY clerk_sync_all ON public.user_monitoring_settings FOR ALL TO clerk_syncer
+        USING (true) WITH CHECK (true);
+"""
+
+
 def test_least_privilege_role_syncs_and_deactivates(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any], dsn: str
 ) -> None:
     db.execute(GRANTS)
     as_role = make_conninfo(dsn, user="clerk_syncer")
+    assert cli("diff", "--dry-run", DATABASE_URL=as_role).exit_code == 3  # RLS, no policy yet
+    db.execute(POLICIES)
     users = populate(emulator, 12)
     doc = cli.json("backfill", DATABASE_URL=as_role)
     assert doc["applied"]["create"] == 12

@@ -113,3 +113,127 @@ def test_same_email_under_two_clerk_ids_is_kept_for_both(
         "SELECT count(*) FROM users WHERE email = 'shared@example.com'"
     ).fetchone() == (2,)
     assert {a["id"], b["id"]} == {r[0] for r in db.execute("SELECT clerk_id FROM users")}
+
+
+# -- no fragment of a secret, anywhere --------------------------------------------------------------
+
+#: A password generated the way Supabase's are, holding what a URL reserves.
+RESERVED_PASSWORD = "Xk9/q@Zr%4t:Lm2w#Vb"
+
+
+def fragments(secret: str, size: int = 8) -> set[str]:
+    return {secret[i : i + size] for i in range(len(secret) - size + 1)}
+
+
+def leaked(text: str, secret: str) -> set[str]:
+    return {piece for piece in fragments(secret) if piece in text}
+
+
+@pytest.mark.parametrize("char", ["/", "@", "%", "#", "?"])
+def test_a_password_with_an_unencoded_reserved_character_is_refused_quoting_none_of_it(
+    cli: Cli, char: str
+) -> None:
+    password = f"pw{char}Sup3rS3cret42"
+    url = f"postgresql://app:{password}@db.example.supabase.co:5432/postgres"
+    for mode in ([], ["--json"]):
+        result = cli("diff", "--dry-run", *mode, DATABASE_URL=url)
+        assert result.exit_code == 2, result.stderr
+        everything = result.stdout + result.stderr
+        assert "percent-encode" in everything.lower()
+        for piece in ("pw", "Sup3rS3cret42", "app:", password):
+            assert piece not in everything.replace("app: ", ""), piece
+        assert "Traceback" not in everything
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+def test_a_password_with_colons_or_percent_encoded_works_and_is_never_printed(
+    cli: Cli, encoded: bool
+) -> None:
+    from urllib.parse import quote
+
+    password = RESERVED_PASSWORD if encoded else "Xk9:q:Zr4t:Lm2wVbqq"
+    written = quote(password, safe="") if encoded else password
+    url = f"postgresql://app:{written}@127.0.0.1:9/app"  # reachable by nobody: exit 5
+    for mode in ([], ["--json"]):
+        result = cli("diff", "--dry-run", *mode, DATABASE_URL=url)
+        assert result.exit_code == 5, result.stderr
+        everything = result.stdout + result.stderr
+        assert "127.0.0.1:9" in everything
+        assert not leaked(everything, password)
+        assert not leaked(everything, written)
+
+
+class HeaderEchoingClerk:
+    """A broken upstream that sends the request's Authorization header back as a malformed
+    header line: the HTTP client's own error then quotes the whole key."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                request = conn.recv(65536).decode("latin-1")
+                auth = next(
+                    (
+                        line.split(": ", 1)[1]
+                        for line in request.split("\r\n")
+                        if line.lower().startswith("authorization:")
+                    ),
+                    "",
+                )
+                conn.sendall(f"HTTP/1.1 200 OK\r\n{auth}\r\nContent-Length: 2\r\n\r\n[]".encode())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_key_echoed_in_a_malformed_header_reaches_no_output_and_no_history(
+    cli: Cli, db: psycopg.Connection[Any]
+) -> None:
+    echo = HeaderEchoingClerk()
+    try:
+        for mode in ([], ["--json"]):
+            result = cli(
+                "backfill",
+                *mode,
+                CLERK_API_URL=echo.url,
+                CLERK_SECRET_KEY=LIVE_KEY,
+                CLERK_SYNC_MAX_ATTEMPTS="2",
+                CLERK_SYNC_RETRY_SECONDS="5",
+            )
+            assert result.exit_code == 5, result.stderr
+            everything = result.stdout + result.stderr
+            assert "illegal header" in everything  # the client's own error, scrubbed
+            assert not leaked(everything, LIVE_KEY.removeprefix("sk_live_"))
+    finally:
+        echo.close()
+    stored = json.dumps(db.execute("SELECT summary FROM clerk_sync.runs").fetchall())
+    assert "illegal header" in stored
+    assert not leaked(stored, LIVE_KEY.removeprefix("sk_live_"))
+    # `status` needs only the database: with no key to scrub by, what it shows is clean
+    status = cli("status", "--json", CLERK_SECRET_KEY="")
+    assert not leaked(status.stdout + status.stderr, LIVE_KEY.removeprefix("sk_live_"))
+
+
+def test_a_malformed_ping_url_is_a_configuration_error_before_the_run(
+    cli: Cli, db: psycopg.Connection[Any]
+) -> None:
+    for url in ("https://[hc-ping.com/abc", "ftp://hc-ping.com/abc", "https://hc-ping.com:port/x"):
+        result = cli("sync", "--ping-url", url)
+        assert result.exit_code == 2, result.stderr
+        assert "CLERK_SYNC_PING_URL" in result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+        assert "abc" not in result.stderr
+    assert db.execute("SELECT count(*) FROM clerk_sync.runs").fetchone() == (0,)

@@ -12,6 +12,7 @@
 --                       (idempotent: ON CONFLICT; SECURITY DEFINER, so a role that may only
 --                       insert users still gets the row).
 --   updated_at          kept current by a BEFORE UPDATE trigger.
+--   row-level security  on for both tables, with no policy (see below).
 -- Every object created here carries a COMMENT starting with 'clerk-sync', so it can be told
 -- apart from the app's later.
 DO $guide$
@@ -66,6 +67,11 @@ BEGIN
             REFERENCES @users@ (id) ON DELETE CASCADE
     );
     COMMENT ON TABLE @settings@ IS 'clerk-sync: the integration guide''s settings table';
+
+    -- public is served by Supabase's Data API: with no policy, only the tables' owner and roles
+    -- that bypass row-level security (Supabase's postgres, service_role) can read these rows.
+    ALTER TABLE @users@ ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE @settings@ ENABLE ROW LEVEL SECURITY;
 
     CREATE FUNCTION @schema@.clerk_sync_create_settings_row() RETURNS trigger
         LANGUAGE plpgsql
