@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from enum import StrEnum
 from typing import Annotated, NoReturn
 
 import httpx
@@ -638,6 +639,23 @@ def doctor(
         raise typer.Exit(int(ExitCode.CONFIG))
 
 
+class CursorTies(StrEnum):
+    """``--cursor-ties``: the emulator's ``CURSOR_TIES``."""
+
+    ID = "id"
+    SKIP = "skip"
+
+
+class DeletedCursor(StrEnum):
+    """``--deleted-cursor``: the emulator's ``DELETED_CURSOR``."""
+
+    CONTINUE = "continue"
+    UNPROCESSABLE = "422"
+    NOT_FOUND = "404"
+    BAD_REQUEST = "400"
+    EMPTY = "empty"
+
+
 @app.command()
 def emulator(
     ctx: typer.Context,
@@ -672,6 +690,30 @@ def emulator(
     truncate_every: Annotated[
         int, typer.Option("--truncate-every", min=0, help="Every Nth list response is cut short.")
     ] = 0,
+    cursor_ties: Annotated[
+        CursorTies,
+        typer.Option(
+            "--cursor-ties",
+            help="Undocumented by Clerk: which users starting_after returns among those sharing "
+            "the cursor user's created_at ms: id (those after it by id) or skip (none of them).",
+        ),
+    ] = CursorTies.ID,
+    deleted_cursor: Annotated[
+        DeletedCursor,
+        typer.Option(
+            "--deleted-cursor",
+            help="Undocumented by Clerk: what starting_after=<a deleted user's id> answers: "
+            "continue (from its place), 422, 404, 400 (Clerk's error bodies) or empty (200 []).",
+        ),
+    ] = DeletedCursor.CONTINUE,
+    unstable_ties: Annotated[
+        bool,
+        typer.Option(
+            "--unstable-ties",
+            help="Undocumented by Clerk: under offset paging, users tied in the sort field come "
+            "back in a different order on each request (no unique tie-breaker).",
+        ),
+    ] = False,
     secret_key: Annotated[
         str | None,
         typer.Option(
@@ -686,6 +728,9 @@ def emulator(
     """Serve a local stand-in for Clerk's Backend API, for trying clerk-sync and for CI.
 
     Example: clerk-sync emulator --users 10000 --edge-cases --rate-limit development
+
+    Where Clerk's docs leave an answer open (--cursor-ties, --deleted-cursor, --unstable-ties)
+    the default is one plausible reading; the others let a client be tested against each.
     """
     reporter = Reporter()
     with handle_errors(reporter, "emulator", []):
@@ -714,6 +759,9 @@ def emulator(
                 throttle_every=throttle_every,
                 fail_every=fail_every,
                 truncate_every=truncate_every,
+                cursor_ties=cursor_ties.value,
+                deleted_cursor=deleted_cursor.value,
+                unstable_ties=unstable_ties,
             )
         except ValueError as exc:
             raise ConfigError(f"emulator: {exc}") from None

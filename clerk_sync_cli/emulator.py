@@ -17,23 +17,49 @@ or from a shell: ``clerk-sync emulator --users 100000 --port 8765``.
 
 Clerk API (``/v1``; every request needs ``Authorization: Bearer <secret_key>``)
 -----------------------------------------------------------------------------
+Answers validate against the schemas of Clerk's OpenAPI spec (``bapi/2026-05-12.yml``: User,
+TotalCount, Instance, ClerkErrors), which ``tests/test_emulator_sdk.py`` checks through Clerk's
+own Python SDK (users given other fields through the mutators are served as given).
+
 ``GET /v1/users``
     A bare JSON array of User objects. ``limit`` (1..500, default 10), ``offset`` (>= 0),
-    ``order_by`` (``-created_at`` default, ``+created_at``/``created_at``, ``-updated_at``,
-    ``+updated_at``; ``+`` must arrive url-encoded as ``%2B``: a raw ``+`` decodes to a space and
-    is rejected with 422, as an unknown field is), ``starting_after=<user id>`` (cursor: only with
-    created_at ordering and offset 0, else 422), ``created_at_after`` / ``created_at_before``
-    (ms since epoch, strict ``>`` / ``<``), repeated ``user_id`` (at most 100). Other query
-    parameters are ignored. Invalid values answer 422 ``form_param_value_invalid``.
+    ``order_by`` (default ``-created_at``): ``[+-]`` and one of ``created_at``, ``updated_at``,
+    ``email_address``, ``web3wallet``, ``phone_number`` (the primary identifier's value),
+    ``first_name``, ``last_name``, ``username``, ``last_active_at``, ``last_sign_in_at``; no sign
+    means ``+``, which must arrive url-encoded as ``%2B`` (a raw ``+`` decodes to a space and is
+    rejected with 422, as an unknown field is). ``starting_after=<user id>`` (cursor: only with
+    created_at ordering and offset 0, else 422). Invalid values answer 422
+    ``form_param_value_invalid``; unknown parameters are ignored.
 
-    Order is total: ties in the sort field are broken by user id (ascending), and a descending
-    order is exactly the reverse of the ascending one.
+    Order is total: ties in the sort field are broken by user id (ascending), nulls sort last,
+    and a descending order is exactly the reverse of the ascending one. Strings compare by code
+    point. (``unstable_ties`` changes the tie-break, below.)
+
+    Filters (the spec's 22, also on ``/users/count``; all combine with AND). Repeated ones take
+    at most 100 values; a present one whose values are all blank matches nobody:
+    ``email_address``, ``phone_number``, ``username``, ``web3_wallet`` (case-insensitive exact
+    match on any of the user's values); ``user_id`` and ``external_id`` (exact; a ``-`` prefix
+    excludes, ``+`` or none includes); ``query`` (case-insensitive substring of the id, email
+    addresses, phone numbers, username, web3 wallets, first or last name);
+    ``email_address_query``, ``phone_number_query``, ``username_query``, ``name_query`` (the
+    same over one field; names also as "first last"); ``banned`` (true/false, Go's spellings);
+    ``created_at_after`` / ``created_at_before``, ``last_sign_in_at_after`` / ``_before``,
+    ``last_active_at_after`` / ``_before`` (ms, strict ``>`` / ``<``; inclusivity is unverified)
+    and ``last_active_at_since`` (``>=``), a null never matching; ``provider`` with
+    ``provider_user_id`` (repeated; an external account with both; one without the other is a
+    422). ``organization_id`` answers 422: the emulator has no organizations.
+
+    Cost: unfiltered pages in created_at / updated_at order, and created_at windows, are found
+    by position in O(log n + page) at any depth. Other filters walk that order testing each
+    user (parsing it) until the page is full; other orders, and ``user_id`` lists, collect and
+    sort every match (O(users)): fine for tests, slow over a million users.
 
     Cursor semantics: ``starting_after`` selects the users strictly after the cursor user's
     position ``(created_at, id)`` in the requested direction. The position of a *deleted* user
     stays known (base users' positions are computable, deleted overlay users keep a tombstone),
     so a cursor still continues correctly after its user is deleted mid-walk. An id that never
     existed answers 422 ``form_param_value_invalid`` (Clerk's answer is unverified).
+    ``cursor_ties`` and ``deleted_cursor`` change both answers, below.
 ``GET /v1/users/count``
     ``{"object":"total_count","total_count":N}`` with the same filters as the list.
 ``GET /v1/users/{id}``
@@ -51,10 +77,11 @@ Control API (``/_emulator``; same Bearer key; not rate limited, not delayed, nev
 ``PATCH /_emulator/users/{id}``       JSON body = :meth:`Emulator.update_user` fields -> user
 ``POST /_emulator/users/{id}/ban``    -> user; ``POST /_emulator/users/{id}/unban`` -> user
 ``DELETE /_emulator/users/{id}``      -> ``{"object":"user","id":...,"deleted":true}``
-``GET|PATCH /_emulator/config``       read / change the fault knobs at runtime: latency_ms,
+``GET|PATCH /_emulator/config``       read / change the knobs at runtime: latency_ms,
                                       deep_offset_ms_per_1000, rate_limit (int, null,
                                       "production" or "development"), fail_every,
-                                      throttle_every, retry_after, truncate_every
+                                      throttle_every, retry_after, truncate_every,
+                                      cursor_ties, deleted_cursor, unstable_ties
 ``GET /_emulator/stats``              counters (see :meth:`Emulator.stats`)
 ``POST /_emulator/reset-stats``       zero the counters and the fault cadence counters
 ``GET /_emulator/edge-cases``         :meth:`Emulator.edge_case_ids`
@@ -69,6 +96,27 @@ Applied to authenticated ``/v1`` requests, in this order: ``latency_ms`` (+
 429 with ``Retry-After: <retry_after>``), ``fail_every`` (every Nth answers 500),
 ``truncate_every`` (every Nth successful list response announces its full ``Content-Length``
 but is cut off mid-body and the connection closed).
+
+Undocumented behaviours (``EmulatorConfig`` fields, runtime-changeable like the faults)
+--------------------------------------------------------------------------------------
+Clerk's docs leave these open; the defaults are one plausible reading, the switches the others,
+so a client can be tested against each (``clerk-sync emulator --cursor-ties`` etc.):
+
+``cursor_ties`` ("id" | "skip", default "id")
+    Which users ``starting_after`` returns among those sharing the cursor user's created_at
+    millisecond. "id": those after it by id (the position above). "skip": none of them, only
+    users whose created_at is strictly later (earlier for ``-created_at``): a cursor on
+    ``created_at`` alone, which skips the rest of a tie group cut by a page's end.
+``deleted_cursor`` ("continue" | "422" | "404" | "400" | "empty", default "continue")
+    What ``starting_after=<id of a deleted user>`` answers. "continue": the page after its old
+    position. "422": ``form_param_value_invalid`` (meta ``param_name: starting_after``). "404":
+    ``resource_not_found``. "400": ``bad_request``. "empty": ``200 []``, as if the walk ended.
+``unstable_ties`` (bool, default False)
+    Requests without ``starting_after`` (offset paging, in any order, the first page of a
+    cursor walk included) break ties in the sort field by a hash of the id salted per request,
+    not by id: tied users come back in a different order on each request and may move across
+    a page boundary, as from a database without a unique tie-breaker. Each page is still one
+    slice of a total order sorted by the field. Cursor pages keep id order.
 
 Python API
 ----------
@@ -95,11 +143,13 @@ from __future__ import annotations
 import base64
 import bisect
 import contextlib
+import functools
 import hashlib
 import hmac
 import itertools
 import json
 import math
+import operator
 import os
 import signal
 import sys
@@ -107,7 +157,7 @@ import threading
 import time
 import unicodedata
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
@@ -115,8 +165,10 @@ from typing import Any, cast
 from urllib.parse import parse_qs, unquote
 
 __all__ = [
+    "CURSOR_TIES",
     "DEFAULT_PORT",
     "DEFAULT_SECRET_KEY",
+    "DELETED_CURSOR",
     "EDGE_CASE_KINDS",
     "RATE_LIMIT_PRESETS",
     "Emulator",
@@ -132,7 +184,11 @@ DEFAULT_SECRET_KEY = "sk_test_emulator"  # noqa: S105 - the emulator's public te
 RATE_LIMIT_PRESETS: dict[str, int] = {"production": 1000, "development": 100}
 RATE_LIMIT_WINDOW_S = 10.0
 MAX_LIMIT = 500
-MAX_USER_ID_FILTER = 100
+MAX_USER_ID_FILTER = 100  # the most values Clerk accepts for any one list filter
+#: ``cursor_ties``: which users ``starting_after`` returns among those sharing the cursor's ms.
+CURSOR_TIES: tuple[str, ...] = ("id", "skip")
+#: ``deleted_cursor``: what ``starting_after=<id of a deleted user>`` answers.
+DELETED_CURSOR: tuple[str, ...] = ("continue", "422", "404", "400", "empty")
 
 #: The awkward users ``edge_cases=True`` mixes in (about 7% of the population).
 EDGE_CASE_KINDS: tuple[str, ...] = (
@@ -147,7 +203,7 @@ EDGE_CASE_KINDS: tuple[str, ...] = (
     "null_names",  # first_name and last_name null
     "long_first_name",  # 140 characters
     "long_image_url",  # image_url of 600 characters
-    "null_image_url",  # image_url null, only profile_image_url set
+    "empty_image_url",  # image_url "" (the spec allows no null), only profile_image_url set
     "nul_in_last_name",  # a NUL byte inside last_name (Postgres text rejects it)
 )
 
@@ -163,6 +219,9 @@ _KNOBS: tuple[str, ...] = (
     "throttle_every",
     "retry_after",
     "truncate_every",
+    "cursor_ties",
+    "deleted_cursor",
+    "unstable_ties",
 )
 
 
@@ -183,9 +242,23 @@ def resolve_rate_limit(value: object) -> int | None:
     return value
 
 
-def _check_knob(name: str, value: object) -> float | int | None:
+def _check_knob(name: str, value: object) -> Any:
     if name == "rate_limit":
         return resolve_rate_limit(value)
+    if name == "cursor_ties":
+        if value not in CURSOR_TIES:
+            raise ValueError(f"cursor_ties must be one of: {', '.join(CURSOR_TIES)}")
+        return value
+    if name == "deleted_cursor":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # a JSON body may well say 404 rather than "404"
+        if value not in DELETED_CURSOR:
+            raise ValueError(f"deleted_cursor must be one of: {', '.join(DELETED_CURSOR)}")
+        return value
+    if name == "unstable_ties":
+        if not isinstance(value, bool):
+            raise ValueError("unstable_ties must be true or false")
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number")
     if value < 0 or not math.isfinite(value):
@@ -212,6 +285,10 @@ class EmulatorConfig:
     throttle_every: int = 0
     retry_after: int = 1
     truncate_every: int = 0
+    #: Clerk leaves these open; see "Undocumented behaviours" in the module docstring.
+    cursor_ties: str = "id"
+    deleted_cursor: str = "continue"
+    unstable_ties: bool = False
     environment_type: str | None = None  # None: from the key prefix (sk_live_ -> production)
     instance_id: str = "ins_emulator"
     #: Upper bound of the serialized-user cache (base users), in bytes.
@@ -219,6 +296,9 @@ class EmulatorConfig:
 
     def __post_init__(self) -> None:
         self.rate_limit = resolve_rate_limit(self.rate_limit)
+        self.cursor_ties = _check_knob("cursor_ties", self.cursor_ties)
+        self.deleted_cursor = _check_knob("deleted_cursor", self.deleted_cursor)
+        self.unstable_ties = _check_knob("unstable_ties", self.unstable_ties)
         if not self.secret_key:
             raise ValueError("secret_key must not be empty")
         if self.users < 0:
@@ -292,6 +372,11 @@ def _jn(value: int | None) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _day(ms: int) -> int:
+    """The UTC midnight starting the day of ``ms``: Clerk's ``last_active_at`` has day precision."""
+    return ms - ms % _DAY_MS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,6 +663,7 @@ class Emulator:
         self._window: deque[float] = deque()
         self._fault_seq = 0
         self._list_seq = 0
+        self._salt_seq = 0
         self._stats = self._empty_stats()
         # Scenario hooks for tests (Python API only, not part of Clerk's API):
         #: ids left out of every list page, yet counted and fetchable (an incomplete listing)
@@ -779,7 +865,7 @@ class Emulator:
                 provider_uid = str(10**20 + ext_num)
             else:
                 gh = ext_num % 99_999_999 + 1
-                obj, scopes = "github_account", "read:user user:email"
+                obj, scopes = "external_account", "read:user user:email"
                 avatar = f"https://avatars.githubusercontent.com/u/{gh}?v=4"
                 provider_uid = str(gh)
                 handle = f"{fs}{ls}{gh % 1000}"[:39]
@@ -832,7 +918,7 @@ class Emulator:
             s.locale = _LOCALES[pct2 % len(_LOCALES)]
         if pct2 % 9 != 0:  # some users (e.g. imports) never signed in
             s.last_sign_in_at = created + sign_in
-            s.last_active_at = min(_END_MS, created + sign_in + active)
+            s.last_active_at = _day(min(_END_MS, created + sign_in + active))
         if pct % 3 == 0:
             s.legal_accepted_at = created
 
@@ -890,8 +976,8 @@ class Emulator:
         elif kind == "long_image_url":
             base = "https://img.clerk.com/"
             s.image_url = base + (_b62(dc) * 10)[: 600 - len(base)]
-        elif kind == "null_image_url":
-            s.image_url = None
+        elif kind == "empty_image_url":
+            s.image_url = ""
             s.has_image = True
             if s.profile_image_url.startswith("https://www.gravatar.com"):
                 s.profile_image_url = "https://images.clerk.dev/uploaded/img_2" + _b62(dc[:26])
@@ -1040,12 +1126,13 @@ class Emulator:
     def _ref_id(self, ref: _Ref) -> str:
         return ref if isinstance(ref, str) else self._base_id(self._pos_to_index(ref))
 
-    def _ref_created(self, ref: _Ref) -> int:
+    def _ref_time(self, ref: _Ref, name: str) -> int:
+        """``created_at`` or ``updated_at`` of a view reference."""
         if isinstance(ref, str):
-            return int(self._overlay[ref]["created_at"])
+            return int(self._overlay[ref][name])
         i = self._pos_to_index(ref)
         mid = self._mod_by_idx.get(i)
-        return int(self._overlay[mid]["created_at"]) if mid is not None else self._created(i)
+        return int(self._overlay[mid][name]) if mid is not None else self._base_value(name, i)
 
     def _lookup(self, uid: str) -> _Ref | None:
         """The live user ``uid`` as a view reference, or None."""
@@ -1154,7 +1241,7 @@ class Emulator:
                 banned=banned,
             )
             s.image_url = _clerk_image("default", "rid", uid)
-            s.last_sign_in_at = s.last_active_at = created
+            s.last_sign_in_at, s.last_active_at = created, _day(created)
             if email is not None:
                 email_id = "idn_2" + _b62(d[:26])
                 verification = _verification(
@@ -1286,7 +1373,7 @@ class Emulator:
             }
 
     def configure(self, **changes: Any) -> dict[str, Any]:
-        """Change fault knobs at runtime (validated); returns all knobs."""
+        """Change knobs (faults, undocumented behaviours) at runtime, validated; returns all."""
         with self._lock:
             unknown = sorted(set(changes) - set(_KNOBS))
             if unknown:
@@ -1536,14 +1623,13 @@ class Emulator:
         raw_order = _str_param(params, "order_by") or "-created_at"
         desc = raw_order.startswith("-")
         name = raw_order[1:] if raw_order[:1] in "+-" else raw_order
-        if name not in ("created_at", "updated_at"):
+        if name not in _ORDER_FIELDS:
             raise _invalid(
                 "order_by",
-                f"order_by {raw_order!r} is not supported: use [+-]created_at or [+-]updated_at"
-                " (send '+' url-encoded as %2B)",
+                f"order_by {raw_order!r} is not supported: use [+-] and one of "
+                f"{', '.join(_ORDER_FIELDS)} (send '+' url-encoded as %2B)",
             )
-        after, before = _filters(params)
-        ids = _user_ids_param(params)
+        filters = _parse_filters(params)
         cursor = _str_param(params, "starting_after")
         if cursor:
             if name != "created_at":
@@ -1551,17 +1637,34 @@ class Emulator:
             if offset:
                 raise _invalid("starting_after", "starting_after cannot be used with an offset")
         with self._lock:
-            if ids is not None:
-                refs = self._small_set(ids, name, desc, after, before, cursor)[offset:][:limit]
-            elif name == "created_at" or (after is None and before is None):
-                refs = self._range(name, desc, after, before, cursor, offset, limit)
-            else:
-                refs = self._scan(desc, after, before, offset, limit)
+            if cursor and cursor in self._tombs and self.config.deleted_cursor != "continue":
+                self._refuse_deleted_cursor(cursor)
+                return b"[]"
+            salt = self._next_salt() if self.config.unstable_ties and not cursor else None
+            refs = self._select(filters, name, desc, cursor, offset, limit, salt)
             if self.hidden_from_list:
                 refs = [r for r in refs if self._ref_id(r) not in self.hidden_from_list]
             parts = [self._ref_bytes(ref) for ref in refs]
             self._stats["users_served"] += len(parts)
         return b"[" + b",".join(parts) + b"]"
+
+    def _refuse_deleted_cursor(self, cursor: str) -> None:
+        """The ``deleted_cursor`` answer to a cursor whose user is gone; returns for "empty"."""
+        mode = self.config.deleted_cursor
+        long_message = f"No user was found with id {cursor}"
+        if mode == "422":
+            raise _invalid("starting_after", long_message)
+        if mode == "404":
+            raise _not_found(long_message)
+        if mode == "400":
+            raise _ApiError(
+                400, "bad_request", "bad request", long_message, {"param_name": "starting_after"}
+            )
+
+    def _next_salt(self) -> int:
+        """A fresh tie-break salt for one request (``unstable_ties``), reproducible per seed."""
+        self._salt_seq += 1
+        return _mix64(self._k_tie ^ _mix64(self._salt_seq))
 
     def _cursor_key(self, cursor: str) -> _Key:
         key = self._key_of("created_at", cursor) or self._tombs.get(cursor)
@@ -1578,78 +1681,167 @@ class Emulator:
         hi = self.count() if before is None else self._rank_lt(view, (before, ""))
         return lo, max(lo, hi)
 
+    def _select(
+        self,
+        filters: _Filters,
+        name: str,
+        desc: bool,
+        cursor: str | None,
+        offset: int,
+        limit: int,
+        salt: int | None,
+    ) -> list[_Ref]:
+        """One list page, by the cheapest path that answers the request exactly.
+
+        Unfiltered created_at / updated_at pages (and created_at windows) are found by position;
+        other filters walk a view testing each user; other orders, a user_id list and ties
+        shuffled under filters collect every match and sort it.
+        """
+        if filters.include is None and name in _VIEW_ORDERS:
+            keep = self._keeper(filters, name)
+            if keep is None:
+                return self._range(name, desc, filters, cursor, offset, limit, salt=salt)
+            if salt is None:
+                return self._range(name, desc, filters, cursor, offset, limit, keep=keep)
+        return self._collect(filters, name, desc, cursor, salt)[offset:][:limit]
+
+    def _keeper(self, filters: _Filters, name: str) -> Callable[[_Ref], bool] | None:
+        """A test for what a walk of view ``name`` does not answer by position, or None."""
+        bounded = name != "created_at" and (filters.after, filters.before) != (None, None)
+        if not (filters.exclude or filters.tests or bounded):
+            return None
+        after = -math.inf if filters.after is None else filters.after
+        before = math.inf if filters.before is None else filters.before
+
+        def keep(ref: _Ref) -> bool:
+            if filters.exclude and self._ref_id(ref) in filters.exclude:
+                return False
+            if bounded and not after < self._ref_time(ref, "created_at") < before:
+                return False
+            return not filters.tests or filters.matches(json.loads(self._ref_bytes(ref)))
+
+        return keep
+
+    def _cursor_bound(self, cursor: str, desc: bool) -> _Key:
+        """Ascending: the least (created_at, id) after the cursor; descending: the key that
+        every user after the cursor sorts below. ``cursor_ties="skip"``: its whole millisecond
+        is passed over."""
+        t, uid = self._cursor_key(cursor)
+        if self.config.cursor_ties == "skip":
+            return (t, "") if desc else (t + 1, "")
+        return (t, uid) if desc else (t, uid + "\x00")
+
     def _range(
         self,
         name: str,
         desc: bool,
-        after: int | None,
-        before: int | None,
+        filters: _Filters,
         cursor: str | None,
         offset: int,
         limit: int,
+        *,
+        keep: Callable[[_Ref], bool] | None = None,
+        salt: int | None = None,
     ) -> list[_Ref]:
+        """A page of one view: O(log n + page) by position; with ``keep``, a walk from the
+        start of the range testing each user (only for filters a position cannot answer)."""
         view = self._cview if name == "created_at" else self._uview
-        lo, hi = self._bounds(after, before) if view is self._cview else (0, self.count())
+        if view is self._cview:
+            lo, hi = self._bounds(filters.after, filters.before)
+        else:
+            lo, hi = 0, self.count()
         if desc:
             top = hi
             if cursor:
-                top = min(top, self._rank_lt(view, self._cursor_key(cursor)))
+                top = min(hi, self._rank_lt(view, self._cursor_bound(cursor, True)))
+            if keep is not None:
+                walk = itertools.islice(self._iter_down(view, top), max(0, top - lo))
+                return list(itertools.islice(filter(keep, walk), offset, offset + limit))
             top -= offset
             n = min(limit, top - lo)
-            return list(itertools.islice(self._iter_down(view, top), n)) if n > 0 else []
+            if n <= 0:
+                return []
+            if salt is not None:
+                return self._shuffled(view, top - n, top, True, salt)
+            return list(itertools.islice(self._iter_down(view, top), n))
         start = lo
         if cursor:
-            t, uid = self._cursor_key(cursor)
-            start = max(start, self._rank_lt(view, (t, uid + "\x00")))
+            start = max(lo, self._rank_lt(view, self._cursor_bound(cursor, False)))
+        if keep is not None:
+            walk = itertools.islice(self._iter_up(view, start), max(0, hi - start))
+            return list(itertools.islice(filter(keep, walk), offset, offset + limit))
         start += offset
         n = min(limit, hi - start)
-        return list(itertools.islice(self._iter_up(view, start), n)) if n > 0 else []
+        if n <= 0:
+            return []
+        if salt is not None:
+            return self._shuffled(view, start, start + n, False, salt)
+        return list(itertools.islice(self._iter_up(view, start), n))
 
-    def _scan(
-        self, desc: bool, after: int | None, before: int | None, offset: int, limit: int
-    ) -> list[_Ref]:
-        """updated_at order with created_at filters: a linear scan (rare, may be slow)."""
-        view = self._uview
-        it = self._iter_down(view, self.count()) if desc else self._iter_up(view, 0)
-        lo = -math.inf if after is None else after
-        hi = math.inf if before is None else before
-        hits = (ref for ref in it if lo < self._ref_created(ref) < hi)
-        return list(itertools.islice(hits, offset, offset + limit))
+    def _view_value(self, view: _View, ref: _Ref) -> int:
+        return view.ykey[ref][0] if isinstance(ref, str) else self._base_value(view.field, ref)
 
-    def _small_set(
-        self,
-        ids: Sequence[str],
-        name: str,
-        desc: bool,
-        after: int | None,
-        before: int | None,
-        cursor: str | None,
+    def _shuffled(self, view: _View, a: int, b: int, desc: bool, salt: int) -> list[_Ref]:
+        """Merged indices ``[a, b)`` of ``view`` with ties ordered by a salted hash of the id.
+
+        The tie groups cut by the page's edges are read whole, so the page is one slice of a
+        total order (a different one per salt), as one database query without a tie-breaker is.
+        """
+        first = self._view_value(view, next(self._iter_up(view, a)))
+        last = self._view_value(view, next(self._iter_up(view, b - 1)))
+        g0 = self._rank_lt(view, (first, ""))
+        g1 = self._rank_lt(view, (last + 1, ""))
+        window = list(itertools.islice(self._iter_up(view, g0), g1 - g0))
+        window.sort(key=lambda ref: (self._view_value(view, ref), _salted(salt, self._ref_id(ref))))
+        if desc:
+            window.reverse()
+            return window[g1 - b : g1 - a]
+        return window[a - g0 : b - g0]
+
+    def _collect(
+        self, filters: _Filters, name: str, desc: bool, cursor: str | None, salt: int | None
     ) -> list[_Ref]:
-        lo = -math.inf if after is None else after
-        hi = math.inf if before is None else before
-        keyed: list[tuple[_Key, _Ref]] = []
-        for uid in dict.fromkeys(ids):
-            ref = self._lookup(uid)
-            created = self._key_of("created_at", uid)
-            if ref is None or created is None or not lo < created[0] < hi:
+        """Every live user matching ``filters``, sorted by ``name`` (nulls last ascending, first
+        descending), ties by id or, with ``salt``, by a salted hash of it. O(users) or
+        O(user_id list): each candidate is parsed when a filter or the order needs its fields."""
+        candidates: Iterable[_Ref]
+        if filters.include is not None:
+            found = (self._lookup(uid) for uid in dict.fromkeys(filters.include))
+            candidates = [ref for ref in found if ref is not None]
+        else:
+            lo, hi = self._bounds(filters.after, filters.before)
+            candidates = itertools.islice(self._iter_up(self._cview, lo), hi - lo)
+        after = -math.inf if filters.after is None else filters.after
+        before = math.inf if filters.before is None else filters.before
+        parse = bool(filters.tests) or name not in _VIEW_ORDERS
+        keyed: list[tuple[tuple[int, int | str, int | str], _Ref]] = []
+        for ref in candidates:
+            uid = self._ref_id(ref)
+            if uid in filters.exclude or not after < self._ref_time(ref, "created_at") < before:
                 continue
-            key = created if name == "created_at" else self._key_of(name, uid)
-            assert key is not None
-            keyed.append((key, ref))
+            value: int | str | None
+            if parse:
+                user = json.loads(self._ref_bytes(ref))
+                if not filters.matches(user):
+                    continue
+                value = _order_value(user, name)
+            else:
+                value = self._ref_time(ref, name)
+            tie = uid if salt is None else _salted(salt, uid)
+            keyed.append(((0, value, tie) if value is not None else (1, 0, tie), ref))
         keyed.sort(key=lambda kr: kr[0], reverse=desc)
-        if cursor:
-            ck = self._cursor_key(cursor)
-            keyed = [kr for kr in keyed if (kr[0] < ck if desc else kr[0] > ck)]
+        if cursor:  # created_at order only (checked by the caller): values are never null
+            bound = (0, *self._cursor_bound(cursor, desc))
+            keyed = [kr for kr in keyed if (kr[0] < bound if desc else kr[0] >= bound)]
         return [ref for _, ref in keyed]
 
     def _count(self, params: Mapping[str, list[str]]) -> int:
-        after, before = _filters(params)
-        ids = _user_ids_param(params)
+        filters = _parse_filters(params)
         with self._lock:
-            if ids is not None:
-                return len(self._small_set(ids, "created_at", False, after, before, None))
-            lo, hi = self._bounds(after, before)
-            return hi - lo
+            if filters.include is None and self._keeper(filters, "created_at") is None:
+                lo, hi = self._bounds(filters.after, filters.before)
+                return hi - lo
+            return len(self._collect(filters, "created_at", False, None, None))
 
     # -- control API ---------------------------------------------------------------------------
 
@@ -1765,22 +1957,253 @@ def _int_param(params: Mapping[str, list[str]], name: str, default: int) -> int:
         raise _invalid(name, f"{name} must be an integer") from None
 
 
-def _filters(params: Mapping[str, list[str]]) -> tuple[int | None, int | None]:
-    after = before = None
-    if _str_param(params, "created_at_after"):
-        after = _int_param(params, "created_at_after", 0)
-    if _str_param(params, "created_at_before"):
-        before = _int_param(params, "created_at_before", 0)
-    return after, before
+def _opt_int(params: Mapping[str, list[str]], name: str) -> int | None:
+    return _int_param(params, name, 0) if _str_param(params, name) else None
 
 
-def _user_ids_param(params: Mapping[str, list[str]]) -> list[str] | None:
-    if "user_id" not in params:
+#: Go's strconv.ParseBool spellings (Clerk's API is written in Go).
+_BOOLS = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}
+
+
+def _bool_param(params: Mapping[str, list[str]], name: str) -> bool | None:
+    raw = _str_param(params, name)
+    if not raw:
         return None
-    ids = [v for v in params["user_id"] if v]
-    if len(ids) > MAX_USER_ID_FILTER:
-        raise _invalid("user_id", f"at most {MAX_USER_ID_FILTER} user_id values are allowed")
-    return ids
+    value = _BOOLS.get(raw.lower())
+    if value is None:
+        raise _invalid(name, f"{name} must be true or false")
+    return value
+
+
+def _list_param(params: Mapping[str, list[str]], name: str) -> list[str] | None:
+    """A repeated filter's non-blank values; None when absent ([] matches nobody)."""
+    if name not in params:
+        return None
+    values = [v for v in params[name] if v]
+    if len(values) > MAX_USER_ID_FILTER:
+        raise _invalid(name, f"at most {MAX_USER_ID_FILTER} {name} values are allowed")
+    return values
+
+
+def _signed(values: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split ``+a``/``a`` (include) from ``-a`` (exclude), as user_id and external_id take."""
+    include: list[str] = []
+    exclude: list[str] = []
+    for value in values:
+        if value[0] == "-":
+            exclude.append(value[1:])
+        else:
+            include.append(value[1:] if value[0] == "+" else value)
+    return include, exclude
+
+
+_UserTest = Callable[[dict[str, Any]], bool]
+_Texts = Callable[[dict[str, Any]], list[Any]]
+
+
+@dataclass(slots=True)
+class _Filters:
+    """The filters of one list or count request: each of the spec's 22 is here or was a 422."""
+
+    after: int | None = None  # created_at_after (strict)
+    before: int | None = None  # created_at_before (strict)
+    include: list[str] | None = None  # user_id values to include; None: every user
+    exclude: frozenset[str] = frozenset()  # user_id values given with a '-' prefix
+    tests: list[_UserTest] = field(default_factory=list)  # the rest, over the parsed user
+
+    def matches(self, user: dict[str, Any]) -> bool:
+        return all(test(user) for test in self.tests)
+
+
+def _values(user: dict[str, Any], list_key: str, value_key: str) -> list[Any]:
+    items = user.get(list_key)
+    if not isinstance(items, list):
+        return []
+    return [item.get(value_key) for item in items if isinstance(item, dict)]
+
+
+def _emails(user: dict[str, Any]) -> list[Any]:
+    return _values(user, "email_addresses", "email_address")
+
+
+def _phones(user: dict[str, Any]) -> list[Any]:
+    return _values(user, "phone_numbers", "phone_number")
+
+
+def _wallets(user: dict[str, Any]) -> list[Any]:
+    return _values(user, "web3_wallets", "web3_wallet")
+
+
+def _usernames(user: dict[str, Any]) -> list[Any]:
+    return [user.get("username")]
+
+
+def _names(user: dict[str, Any]) -> list[Any]:
+    first, last = user.get("first_name"), user.get("last_name")
+    both = f"{first if isinstance(first, str) else ''} {last if isinstance(last, str) else ''}"
+    return [first, last, both.strip()]
+
+
+def _query_texts(user: dict[str, Any]) -> list[Any]:
+    """What ``query`` searches: ids, emails, phones, username, web3 wallets, first, last name."""
+    return [
+        user.get("id"),
+        *_emails(user),
+        *_phones(user),
+        user.get("username"),
+        *_wallets(user),
+        user.get("first_name"),
+        user.get("last_name"),
+    ]
+
+
+#: Repeated filters answered by a case-insensitive exact match on any of the user's values.
+_EXACT_FILTERS: dict[str, _Texts] = {
+    "email_address": _emails,
+    "phone_number": _phones,
+    "username": _usernames,
+    "web3_wallet": _wallets,
+}
+#: Text filters answered by a case-insensitive substring match on any of the user's values.
+_TEXT_FILTERS: dict[str, _Texts] = {
+    "query": _query_texts,
+    "email_address_query": _emails,
+    "phone_number_query": _phones,
+    "username_query": _usernames,
+    "name_query": _names,
+}
+#: ms filters on nullable timestamps (a null never matches): field and comparison.
+_TIME_FILTERS: dict[str, tuple[str, Callable[[int, int], bool]]] = {
+    "last_active_at_before": ("last_active_at", operator.lt),
+    "last_active_at_after": ("last_active_at", operator.gt),
+    "last_active_at_since": ("last_active_at", operator.ge),
+    "last_sign_in_at_before": ("last_sign_in_at", operator.lt),
+    "last_sign_in_at_after": ("last_sign_in_at", operator.gt),
+}
+#: Filters of the spec the emulator cannot answer truthfully: a 422, never silently ignored.
+_UNSUPPORTED_FILTERS: dict[str, str] = {"organization_id": "it has no organizations"}
+
+
+def _any_equal(texts: _Texts, wanted: frozenset[str], user: dict[str, Any]) -> bool:
+    return any(isinstance(v, str) and v.lower() in wanted for v in texts(user))
+
+
+def _any_contains(texts: _Texts, needle: str, user: dict[str, Any]) -> bool:
+    return any(isinstance(v, str) and needle in v.lower() for v in texts(user))
+
+
+def _time_ok(key: str, op: Callable[[int, int], bool], bound: int, user: dict[str, Any]) -> bool:
+    value = user.get(key)
+    return isinstance(value, int) and not isinstance(value, bool) and op(value, bound)
+
+
+def _banned_is(wanted: bool, user: dict[str, Any]) -> bool:
+    return user.get("banned") is wanted
+
+
+def _external_id_ok(
+    include: frozenset[str] | None, exclude: frozenset[str], user: dict[str, Any]
+) -> bool:
+    value = user.get("external_id")
+    return (include is None or value in include) and value not in exclude
+
+
+def _provider_ok(provider: str, ids: frozenset[str], user: dict[str, Any]) -> bool:
+    return any(
+        account.get("provider") == provider and account.get("provider_user_id") in ids
+        for account in user.get("external_accounts") or ()
+        if isinstance(account, dict)
+    )
+
+
+def _parse_filters(params: Mapping[str, list[str]]) -> _Filters:
+    """Every filter of ``GET /v1/users`` and ``/users/count``; 422 for bad or unsupported ones."""
+    for name, why in _UNSUPPORTED_FILTERS.items():
+        if any(params.get(name, ())):
+            raise _invalid(name, f"{name} is not supported by the emulator ({why})")
+    filters = _Filters(
+        after=_opt_int(params, "created_at_after"), before=_opt_int(params, "created_at_before")
+    )
+    ids = _list_param(params, "user_id")
+    if ids is not None:
+        include, exclude = _signed(ids)
+        filters.exclude = frozenset(exclude)
+        filters.include = include if include or not exclude else None
+    tests = filters.tests
+    for name, texts in _EXACT_FILTERS.items():
+        values = _list_param(params, name)
+        if values is not None:
+            wanted = frozenset(v.lower() for v in values)
+            tests.append(functools.partial(_any_equal, texts, wanted))
+    external = _list_param(params, "external_id")
+    if external is not None:
+        include, exclude = _signed(external)
+        wanted_ids = frozenset(include) if include or not exclude else None
+        tests.append(functools.partial(_external_id_ok, wanted_ids, frozenset(exclude)))
+    for name, texts in _TEXT_FILTERS.items():
+        needle = _str_param(params, name)
+        if needle:
+            tests.append(functools.partial(_any_contains, texts, needle.lower()))
+    banned = _bool_param(params, "banned")
+    if banned is not None:
+        tests.append(functools.partial(_banned_is, banned))
+    for name, (key, op) in _TIME_FILTERS.items():
+        bound = _opt_int(params, name)
+        if bound is not None:
+            tests.append(functools.partial(_time_ok, key, op, bound))
+    provider = _str_param(params, "provider") or None
+    provider_ids = _list_param(params, "provider_user_id")
+    if provider is not None and provider_ids is not None:
+        tests.append(functools.partial(_provider_ok, provider, frozenset(provider_ids)))
+    elif provider is not None or provider_ids is not None:
+        missing = "provider" if provider is None else "provider_user_id"
+        raise _invalid(missing, "provider and provider_user_id must be used together")
+    return filters
+
+
+_VIEW_ORDERS = ("created_at", "updated_at")  # served from the two sorted views
+_ORDER_FIELDS: tuple[str, ...] = (
+    *_VIEW_ORDERS,
+    "email_address",
+    "web3wallet",
+    "first_name",
+    "last_name",
+    "phone_number",
+    "username",
+    "last_active_at",
+    "last_sign_in_at",
+)
+_INT_ORDERS = frozenset({"created_at", "updated_at", "last_active_at", "last_sign_in_at"})
+#: order_by fields that sort by the user's primary identifier: (list, primary id, value) keys.
+_PRIMARY_ORDERS: dict[str, tuple[str, str, str]] = {
+    "email_address": ("email_addresses", "primary_email_address_id", "email_address"),
+    "phone_number": ("phone_numbers", "primary_phone_number_id", "phone_number"),
+    "web3wallet": ("web3_wallets", "primary_web3_wallet_id", "web3_wallet"),
+}
+
+
+def _order_value(user: dict[str, Any], name: str) -> int | str | None:
+    """The value ``order_by=name`` sorts ``user`` by (None: null, which sorts last)."""
+    value: Any
+    if name in _PRIMARY_ORDERS:
+        list_key, id_key, value_key = _PRIMARY_ORDERS[name]
+        primary = user.get(id_key)
+        value = None
+        for item in user.get(list_key) or ():
+            if primary is not None and isinstance(item, dict) and item.get("id") == primary:
+                value = item.get(value_key)
+                break
+    else:
+        value = user.get(name)
+    if name in _INT_ORDERS:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+def _salted(salt: int, uid: str) -> int:
+    """A tie-break that orders the same ids differently for each salt."""
+    digest = hashlib.blake2b(uid.encode(), digest_size=8, key=salt.to_bytes(8, "little"))
+    return int.from_bytes(digest.digest(), "little")
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

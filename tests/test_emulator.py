@@ -249,7 +249,7 @@ def test_plus_sign_must_be_url_encoded(shared: Api) -> None:
     assert_clerk_error(raw, 422, "form_param_value_invalid")
 
 
-@pytest.mark.parametrize("order_by", ["email_address", "-first_name", "--created_at", "+"])
+@pytest.mark.parametrize("order_by", ["--created_at", "+", "id", "-email", "created_at,id"])
 def test_unsupported_order_by_is_422(shared: Api, order_by: str) -> None:
     error = assert_clerk_error(
         shared.get("/users", order_by=order_by), 422, "form_param_value_invalid"
@@ -382,6 +382,440 @@ def test_count_follows_mutations(make_api: Callable[..., Api]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# GET /v1/users and /users/count: every filter and order of Clerk's spec, honoured or a 422
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def population(shared: Api) -> list[dict[str, Any]]:
+    """Every user of ``shared`` in +created_at order (read once per module)."""
+    return shared.everyone()
+
+
+def primary(user: dict[str, Any], items: str, id_key: str, value_key: str) -> Any:
+    for item in user[items]:
+        if item["id"] == user[id_key]:
+            return item[value_key]
+    return None
+
+
+def texts(user: dict[str, Any], items: str, value_key: str) -> list[str]:
+    return [item[value_key] for item in user[items]]
+
+
+def lowered(values: list[Any]) -> list[str]:
+    return [v.lower() for v in values if isinstance(v, str)]
+
+
+def picks(population: list[dict[str, Any]]) -> dict[str, Any]:
+    """Values of real users to filter by, drawn from the population."""
+    with_username = [u for u in population if u["username"]]
+    with_phone = [u for u in population if u["phone_numbers"]]
+    with_external = [u for u in population if u["external_id"]]
+    google = [u for u in population if u["external_accounts"]]
+    signed_in = sorted(u["last_sign_in_at"] for u in population if u["last_sign_in_at"])
+    active = sorted(u["last_active_at"] for u in population if u["last_active_at"])
+    return {
+        "emails": [population[10]["email_addresses"][0]["email_address"].upper(),
+                   population[900]["email_addresses"][0]["email_address"]],
+        "phone": with_phone[0]["phone_numbers"][0]["phone_number"],
+        "external": [with_external[0]["external_id"], with_external[5]["external_id"]],
+        "username": with_username[3]["username"].upper(),
+        "username_part": with_username[7]["username"][2:7].upper(),
+        "account": google[4]["external_accounts"][0],
+        "ids": [population[3]["id"], population[700]["id"]],
+        "signed_in": signed_in[len(signed_in) // 2],
+        "active": active[len(active) // 3],
+        "name": f"{population[42]['first_name']} {population[42]['last_name'][:3]}".upper(),
+    }  # fmt: skip
+
+
+#: (query params, what the emulator must return) for each honoured filter; ``p`` = picks().
+FILTER_CASES: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], Callable[..., bool]]] = {
+    "email_address": (
+        lambda p: {"email_address": [*p["emails"], "nobody@example.com"]},
+        lambda u, p: bool(set(lowered(texts(u, "email_addresses", "email_address")))
+                          & set(lowered(p["emails"]))),
+    ),
+    "phone_number": (
+        lambda p: {"phone_number": p["phone"]},
+        lambda u, p: p["phone"] in texts(u, "phone_numbers", "phone_number"),
+    ),
+    "external_id": (
+        lambda p: {"external_id": p["external"]},
+        lambda u, p: u["external_id"] in p["external"],
+    ),
+    "external_id_excluded": (
+        lambda p: {"external_id": [f"-{p['external'][0]}"]},
+        lambda u, p: u["external_id"] != p["external"][0],
+    ),
+    "username": (
+        lambda p: {"username": [p["username"]]},
+        lambda u, p: (u["username"] or "").lower() == p["username"].lower(),
+    ),
+    "user_id_excluded": (
+        lambda p: {"user_id": [f"-{uid}" for uid in p["ids"]]},
+        lambda u, p: u["id"] not in p["ids"],
+    ),
+    "user_id_mixed": (
+        lambda p: {"user_id": [f"+{p['ids'][0]}", p["ids"][1], f"-{p['ids'][1]}"]},
+        lambda u, p: u["id"] == p["ids"][0],
+    ),
+    "query_name": (
+        lambda p: {"query": "LOVELACE"},
+        lambda u, p: any("lovelace" in t for t in lowered(
+            [u["first_name"], u["last_name"], *texts(u, "email_addresses", "email_address")])),
+    ),
+    "query_email_and_id": (
+        lambda p: {"query": p["ids"][0][5:16]},
+        lambda u, p: u["id"] == p["ids"][0],
+    ),
+    "query_username": (
+        lambda p: {"query": p["username_part"]},
+        lambda u, p: any(p["username_part"].lower() in t for t in lowered(
+            [u["id"], u["username"], u["first_name"], u["last_name"],
+             *texts(u, "email_addresses", "email_address"),
+             *texts(u, "phone_numbers", "phone_number")])),
+    ),
+    "email_address_query": (
+        lambda p: {"email_address_query": "@INITECH.example"},
+        lambda u, p: any("@initech.example" in e
+                         for e in lowered(texts(u, "email_addresses", "email_address"))),
+    ),
+    "phone_number_query": (
+        lambda p: {"phone_number_query": "555"},
+        lambda u, p: any("555" in n for n in texts(u, "phone_numbers", "phone_number")),
+    ),
+    "username_query": (
+        lambda p: {"username_query": p["username_part"]},
+        lambda u, p: p["username_part"].lower() in (u["username"] or "").lower(),
+    ),
+    "name_query": (
+        lambda p: {"name_query": p["name"]},
+        lambda u, p: p["name"].lower() in f"{u['first_name'] or ''} {u['last_name'] or ''}".lower(),
+    ),
+    "banned_true": (lambda p: {"banned": "true"}, lambda u, p: u["banned"]),
+    "banned_false": (lambda p: {"banned": "false"}, lambda u, p: not u["banned"]),
+    "last_active_at_before": (
+        lambda p: {"last_active_at_before": p["active"]},
+        lambda u, p: u["last_active_at"] is not None and u["last_active_at"] < p["active"],
+    ),
+    "last_active_at_after": (
+        lambda p: {"last_active_at_after": p["active"]},
+        lambda u, p: u["last_active_at"] is not None and u["last_active_at"] > p["active"],
+    ),
+    "last_active_at_since": (
+        lambda p: {"last_active_at_since": p["active"]},
+        lambda u, p: u["last_active_at"] is not None and u["last_active_at"] >= p["active"],
+    ),
+    "last_sign_in_at_before": (
+        lambda p: {"last_sign_in_at_before": p["signed_in"]},
+        lambda u, p: u["last_sign_in_at"] is not None and u["last_sign_in_at"] < p["signed_in"],
+    ),
+    "last_sign_in_at_after": (
+        lambda p: {"last_sign_in_at_after": p["signed_in"]},
+        lambda u, p: u["last_sign_in_at"] is not None and u["last_sign_in_at"] > p["signed_in"],
+    ),
+    "provider": (
+        lambda p: {"provider": p["account"]["provider"],
+                   "provider_user_id": [p["account"]["provider_user_id"], "0"]},
+        lambda u, p: any(a["provider_user_id"] == p["account"]["provider_user_id"]
+                         for a in u["external_accounts"]),
+    ),
+    "combined": (
+        lambda p: {"banned": "false", "name_query": "ada", "last_sign_in_at_after": p["signed_in"]},
+        lambda u, p: not u["banned"] and "ada" in f"{u['first_name']} {u['last_name']}".lower()
+        and u["last_sign_in_at"] is not None and u["last_sign_in_at"] > p["signed_in"],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", FILTER_CASES)
+def test_each_filter_is_honoured_by_list_and_count(
+    shared: Api, population: list[dict[str, Any]], case: str
+) -> None:
+    params_of, keep = FILTER_CASES[case]
+    p = picks(population)
+    params = params_of(p)
+    expected = [u["id"] for u in population if keep(u, p)]
+    assert 0 < len(expected) < len(population), "a filter test must keep some and drop some"
+    got = shared.ids(order_by="+created_at", limit=500, **params)
+    assert got == expected[:500]
+    assert shared.count(**params) == len(expected)
+    newest_first = shared.ids(limit=500, **params)  # the default -created_at
+    assert newest_first == expected[::-1][:500]
+
+
+def test_filters_combine_with_orders_offsets_and_the_cursor(
+    shared: Api, population: list[dict[str, Any]]
+) -> None:
+    expected = [u for u in population if "a" in f"{u['first_name']}{u['last_name']}".lower()]
+    ids = [u["id"] for u in expected]
+    assert 100 < len(ids) < len(population)
+    params = {"name_query": "A", "limit": 37}
+
+    def walk(order_by: str, cursor: bool) -> list[str]:
+        out: list[str] = []
+        while True:
+            extra = {"starting_after": out[-1]} if cursor and out else {"offset": len(out)}
+            page = shared.ids(order_by=order_by, **params, **extra)
+            out += page
+            if len(page) < 37:
+                return out
+
+    assert walk("+created_at", cursor=True) == ids == walk("+created_at", cursor=False)
+    assert walk("-created_at", cursor=True) == ids[::-1]
+    by_update = sorted(expected, key=lambda u: sort_key(u, "updated_at"), reverse=True)
+    assert walk("-updated_at", cursor=False) == [u["id"] for u in by_update]
+    assert shared.ids(order_by="-updated_at", limit=5, offset=2, **{"name_query": "A"}) == [
+        u["id"] for u in by_update[2:7]
+    ]
+    low, high = population[300]["created_at"], population[900]["created_at"]
+    windowed = [u["id"] for u in expected if low < u["created_at"] < high]
+    assert shared.count(name_query="A", created_at_after=low, created_at_before=high) == len(
+        windowed
+    )
+    got = shared.ids(
+        order_by="+created_at", limit=500, name_query="A", created_at_after=low,
+        created_at_before=high,
+    )  # fmt: skip
+    assert got == windowed
+
+
+def test_web3_wallet_filter_and_primary_identifier_orders(make_api: Callable[..., Api]) -> None:
+    """The generated population has no web3 wallets: added users carry them."""
+    api = make_api(users=30, seed=3)
+
+    def wallet(address: str) -> dict[str, Any]:
+        return {"id": f"idn_w{address}", "object": "web3_wallet", "web3_wallet": address}
+
+    a = api.emulator.create_user(
+        first_name="W", web3_wallets=[wallet("0xBEEF")], primary_web3_wallet_id="idn_w0xBEEF"
+    )
+    b = api.emulator.create_user(
+        first_name="V", web3_wallets=[wallet("0xaaaa")], primary_web3_wallet_id="idn_w0xaaaa"
+    )
+    assert api.ids(web3_wallet="0xbeef") == [a["id"]]
+    assert api.count(web3_wallet=["0xAAAA", "0xbeef"]) == 2
+    assert api.ids(query="0xAA") == [b["id"]]
+    ordered = api.ids(order_by="web3wallet", limit=500)
+    assert ordered[:2] == [a["id"], b["id"]]  # by code point: "0xBEEF" < "0xaaaa"; nulls last
+    assert api.ids(order_by="-web3wallet", limit=500)[-2:] == [b["id"], a["id"]]
+
+
+ORDER_FIELDS = [
+    "email_address", "web3wallet", "first_name", "last_name", "phone_number", "username",
+    "last_active_at", "last_sign_in_at", "created_at", "updated_at",
+]  # fmt: skip
+
+
+def order_value(user: dict[str, Any], field: str) -> Any:
+    if field == "email_address":
+        return primary(user, "email_addresses", "primary_email_address_id", "email_address")
+    if field == "phone_number":
+        return primary(user, "phone_numbers", "primary_phone_number_id", "phone_number")
+    if field == "web3wallet":
+        return primary(user, "web3_wallets", "primary_web3_wallet_id", "web3_wallet")
+    return user[field]
+
+
+@pytest.mark.parametrize("field", ORDER_FIELDS)
+def test_each_order_by_field_is_honoured(
+    shared: Api, population: list[dict[str, Any]], field: str
+) -> None:
+    """Ascending by value then id, nulls last; descending is exactly the reverse."""
+    present = [u for u in population if order_value(u, field) is not None]
+    absent = [u for u in population if order_value(u, field) is None]
+    present.sort(key=lambda u: (order_value(u, field), u["id"]))
+    expected = [u["id"] for u in present] + sorted(u["id"] for u in absent)
+    assert shared.walk_offset(f"+{field}", 500) == expected
+    assert shared.walk_offset(field, 500) == expected  # no sign: ascending
+    assert shared.ids(order_by=f"-{field}", limit=500, offset=200) == expected[::-1][200:700]
+    if field != "created_at":
+        response = shared.get("/users", order_by=f"-{field}", starting_after=expected[0])
+        assert_clerk_error(response, 422, "form_param_value_invalid")
+
+
+def test_order_by_fields_have_ties_and_nulls_to_mean_something(
+    population: list[dict[str, Any]],
+) -> None:
+    for field in ("first_name", "last_name", "last_active_at"):
+        values = [order_value(u, field) for u in population]
+        assert None in values, field
+        present = [v for v in values if v is not None]
+        assert len(set(present)) < len(present), field
+
+
+@pytest.mark.parametrize(
+    ("params", "param_name"),
+    [
+        ({"organization_id": "org_2abc"}, "organization_id"),
+        ({"organization_id": "-org_2abc"}, "organization_id"),
+        ({"provider": "oauth_google"}, "provider_user_id"),
+        ({"provider_user_id": "1234"}, "provider"),
+        ({"banned": "maybe"}, "banned"),
+        ({"last_active_at_after": "yesterday"}, "last_active_at_after"),
+        ({"last_sign_in_at_before": "1.5"}, "last_sign_in_at_before"),
+        ({"email_address": [f"u{n}@example.com" for n in range(101)]}, "email_address"),
+        ({"external_id": [str(n) for n in range(101)]}, "external_id"),
+    ],
+)
+def test_unsupported_or_invalid_filters_are_422(
+    shared: Api, params: dict[str, Any], param_name: str
+) -> None:
+    for path in ("/users", "/users/count"):
+        error = assert_clerk_error(shared.get(path, **params), 422, "form_param_value_invalid")
+        assert error["meta"] == {"param_name": param_name}
+    if param_name == "organization_id":
+        assert "not supported by the emulator" in error["long_message"]
+
+
+def test_unknown_parameters_are_still_ignored(shared: Api) -> None:
+    assert shared.ids(limit=20, colour="blue") == shared.ids(limit=20)
+    assert shared.count(colour="blue") == 1500
+
+
+# ---------------------------------------------------------------------------------------------
+# Switches for what Clerk leaves open: cursor ties, deleted cursors, unstable ties
+# ---------------------------------------------------------------------------------------------
+
+T0 = 1_700_000_000_000
+
+
+def triples(api: Api, groups: int) -> list[str]:
+    """Users three to a millisecond, in +created_at order (ties by id)."""
+    for g in range(groups):
+        for k in range(3):
+            api.emulator.create_user(first_name=f"T{g}-{k}", created_at=T0 + g * 1000)
+    return api.ids(order_by="+created_at", limit=500)
+
+
+def test_switches_default_to_todays_behaviour_and_are_validated() -> None:
+    config = EmulatorConfig()
+    assert (config.cursor_ties, config.deleted_cursor, config.unstable_ties) == (
+        "id",
+        "continue",
+        False,
+    )
+    assert EmulatorConfig(deleted_cursor=404).deleted_cursor == "404"  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cursor_ties"):
+        EmulatorConfig(cursor_ties="random")
+    with pytest.raises(ValueError, match="deleted_cursor"):
+        EmulatorConfig(deleted_cursor="410")
+    with pytest.raises(ValueError, match="unstable_ties"):
+        EmulatorConfig(unstable_ties="yes")  # type: ignore[arg-type]
+
+
+def test_switches_change_at_runtime_through_the_control_api(make_api: Callable[..., Api]) -> None:
+    api = make_api()
+    knobs = api.control.get("/config").json()
+    assert (knobs["cursor_ties"], knobs["deleted_cursor"], knobs["unstable_ties"]) == (
+        "id",
+        "continue",
+        False,
+    )
+    changed = api.control.patch(
+        "/config", json={"cursor_ties": "skip", "deleted_cursor": 422, "unstable_ties": True}
+    )
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["cursor_ties"], changed.json()["deleted_cursor"]) == ("skip", "422")
+    assert api.emulator.config.unstable_ties is True
+    for bad in ({"cursor_ties": "id2"}, {"deleted_cursor": "gone"}, {"unstable_ties": 1}):
+        assert_clerk_error(api.control.patch("/config", json=bad), 422, "form_param_value_invalid")
+    assert api.control.get("/config").json()["cursor_ties"] == "skip"
+
+
+@pytest.mark.parametrize("order_by", ["+created_at", "-created_at"])
+def test_cursor_ties_skip_passes_over_the_cursors_millisecond(
+    make_api: Callable[..., Api], order_by: str
+) -> None:
+    api = make_api()
+    ordered = triples(api, 4)
+    if order_by == "-created_at":
+        ordered = ordered[::-1]
+    cursor = ordered[3]  # the first user of the second millisecond: two users share its ms
+    assert api.ids(order_by=order_by, starting_after=cursor) == ordered[4:]
+    api.control.patch("/config", json={"cursor_ties": "skip"})
+    assert api.ids(order_by=order_by, starting_after=cursor) == ordered[6:]
+    # and on the paths that sort a small set: a user_id list, a filter
+    listed = api.client.get(
+        "/users",
+        params=[("user_id", uid) for uid in ordered] + [("order_by", order_by),
+                                                         ("starting_after", cursor)],
+    )  # fmt: skip
+    assert [u["id"] for u in listed.json()] == ordered[6:]
+    assert api.ids(order_by=order_by, starting_after=cursor, name_query="T") == ordered[6:]
+
+
+@pytest.mark.parametrize("mode", ["continue", "422", "404", "400", "empty"])
+def test_deleted_cursor_answers(make_api: Callable[..., Api], mode: str) -> None:
+    api = make_api(users=40, seed=8, deleted_cursor=mode)
+    ordered = api.ids(order_by="+created_at", limit=500)
+    gone = ordered[9]
+    api.emulator.delete_user(gone)
+    response = api.get("/users", order_by="+created_at", limit=10, starting_after=gone)
+    if mode == "continue":
+        assert response.status_code == 200
+        assert [u["id"] for u in response.json()] == ordered[10:20]
+    elif mode == "empty":
+        assert response.status_code == 200
+        assert response.json() == []
+    elif mode == "404":
+        error = assert_clerk_error(response, 404, "resource_not_found")
+        assert error["long_message"] == f"No user was found with id {gone}"
+    else:
+        status, code = (422, "form_param_value_invalid") if mode == "422" else (400, "bad_request")
+        error = assert_clerk_error(response, status, code)
+        assert error["meta"] == {"param_name": "starting_after"}
+    # a live cursor, and an id that never existed, are answered as before
+    assert api.ids(order_by="+created_at", limit=5, starting_after=ordered[3]) == ordered[4:9]
+    never = api.get("/users", starting_after="user_2NeverExistedNeverExisted00")
+    assert_clerk_error(never, 422, "form_param_value_invalid")
+
+
+@pytest.mark.parametrize("order_by", ["-updated_at", "+created_at", "-first_name"])
+def test_unstable_ties_reorder_ties_between_identical_requests(
+    make_api: Callable[..., Api], order_by: str
+) -> None:
+    api = make_api(users=1500, seed=42, unstable_ties=True)
+    field = order_by.lstrip("+-")
+    first = api.users(order_by=order_by, limit=500, offset=200)
+    second = api.users(order_by=order_by, limit=500, offset=200)
+    values = [u[field] for u in first]
+    assert values == [u[field] for u in second], "only ties may move"
+    assert [u["id"] for u in first] != [u["id"] for u in second], "ties must move"
+    counts = {v: values.count(v) for v in values}
+    lone = [n for n, v in enumerate(values) if counts[v] == 1]
+    if field != "first_name":  # 40 first names: everyone is tied
+        assert len(lone) > 20
+    assert [first[n]["id"] for n in lone] == [second[n]["id"] for n in lone]
+    # a cursor page is not offset paging: its ties stay in id order
+    cursor = api.ids(order_by="+created_at", limit=1, offset=100)[0]
+    after = api.users(order_by="+created_at", limit=500, starting_after=cursor)
+    assert after == sorted(after, key=sort_key)
+    assert after == api.users(order_by="+created_at", limit=500, starting_after=cursor)
+    api.control.patch("/config", json={"unstable_ties": False})
+    assert api.ids(order_by=order_by, limit=500, offset=200) == api.ids(
+        order_by=order_by, limit=500, offset=200
+    )
+
+
+def test_unstable_ties_pages_are_slices_of_one_order_per_request(
+    make_api: Callable[..., Api],
+) -> None:
+    """A tie group cut by a page's edge is shuffled whole: a page holds the right values."""
+    api = make_api(users=0, unstable_ties=True)
+    ordered = triples(api, 10)  # 30 users, three to a millisecond
+    for offset in range(0, 30, 4):
+        page = api.users(order_by="+created_at", limit=4, offset=offset)
+        assert [u["created_at"] for u in page] == [
+            T0 + (n // 3) * 1000 for n in range(offset, min(30, offset + 4))
+        ]
+        assert {u["id"] for u in page} <= set(ordered)
+    assert api.count() == 30
+
+
+# ---------------------------------------------------------------------------------------------
 # Other endpoints
 # ---------------------------------------------------------------------------------------------
 
@@ -465,6 +899,12 @@ def test_users_have_every_field_of_the_clerk_example(shared: Api) -> None:
         assert USER_ID.match(user["id"])
         assert user["object"] == "user"
         assert user["updated_at"] >= user["created_at"]
+        # where the spec is stricter than the example: never null, one of three, day precision
+        assert isinstance(user["image_url"], str)
+        assert isinstance(user["profile_image_url"], str)
+        assert (user["last_active_at"] or 0) % (24 * 3600 * 1000) == 0
+        for account in user["external_accounts"]:
+            assert account["object"] in ("external_account", "facebook_account", "google_account")
         for item in user["email_addresses"]:
             seen_emails += 1
             assert set(item) == email_keys
@@ -521,8 +961,8 @@ def test_edge_cases_population_contains_each_kind(shared: Api) -> None:
     assert (u["first_name"], u["last_name"]) == (None, None)
     assert len(user("long_first_name")["first_name"]) == 140
     assert len(user("long_image_url")["image_url"]) == 600
-    u = user("null_image_url")
-    assert u["image_url"] is None
+    u = user("empty_image_url")
+    assert u["image_url"] == ""
     assert u["profile_image_url"]
     assert "\x00" in user("nul_in_last_name")["last_name"]
     assert "\\u0000" in shared.get(f"/users/{kinds['nul_in_last_name'][0]}").text
@@ -860,8 +1300,9 @@ def test_concurrent_requests_during_mutations(make_api: Callable[..., Api]) -> N
 def test_cli_command_serves_until_sigterm() -> None:
     assert DEFAULT_PORT == 8765
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = "emulator --port 0 --users 25 --cursor-ties skip --deleted-cursor 404 --unstable-ties"
     process = subprocess.Popen(
-        [sys.executable, "-m", "clerk_sync_cli", "emulator", "--port", "0", "--users", "25"],
+        [sys.executable, "-m", "clerk_sync_cli", *args.split()],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -876,6 +1317,15 @@ def test_cli_command_serves_until_sigterm() -> None:
             match.group(1) + "/users/count", headers={"Authorization": f"Bearer {KEY}"}
         )
         assert response.json()["total_count"] == 25
+        config = httpx.get(
+            match.group(1).removesuffix("/v1") + "/_emulator/config",
+            headers={"Authorization": f"Bearer {KEY}"},
+        ).json()
+        assert (config["cursor_ties"], config["deleted_cursor"], config["unstable_ties"]) == (
+            "skip",
+            "404",
+            True,
+        )
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
         assert process.stderr is not None
@@ -886,3 +1336,18 @@ def test_cli_command_serves_until_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_cli_documents_the_switches_and_refuses_bad_values() -> None:
+    from typer.testing import CliRunner
+
+    from clerk_sync_cli.cli import app
+
+    runner = CliRunner()
+    text = runner.invoke(app, ["emulator", "--help"], env={"COLUMNS": "200"}).output
+    for option in ("--cursor-ties", "--deleted-cursor", "--unstable-ties"):
+        assert option in text
+    assert "id|skip" in text
+    assert "continue|422|404|400|empty" in text
+    bad = runner.invoke(app, ["emulator", "--deleted-cursor", "410", "--port", "0"])
+    assert bad.exit_code == 2
