@@ -251,6 +251,7 @@ class RecentPage:
     users: list[Any]
     offset: int
     done: bool  # reached below the watermark, or the end of the list
+    exact: bool = True  # False: a page of one updated_at from end to end, ties unknowable
 
 
 def both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
@@ -482,6 +483,71 @@ class ClerkClient:
             if last:
                 return
 
+    def at_ms(self, ms: int, *, limit: int = PAGE_LIMIT) -> Iterator[list[Any]]:
+        """Every user created in millisecond ``ms``, by ``created_at`` filters alone, whatever
+        the cursor does with users that share a millisecond (Clerk does not say). The bounds
+        reach a millisecond either side, so the answer holds ``ms`` whether they are inclusive
+        or not (callers deduplicate). A millisecond of more than a page (an import) is paged by
+        offset, and read again until a whole pass finds no new id: its ties may come back in
+        another order between requests."""
+        params = {
+            "limit": limit,
+            "order_by": "+created_at",
+            "created_at_after": ms - 1,
+            "created_at_before": ms + 1,
+        }
+        known: set[str] = set()
+        for _ in range(3):
+            offset, fresh = 0, False
+            while True:
+                page = self._list({**params, "offset": offset} if offset else params)
+                ids = {u.get("id") for u in page if isinstance(u, dict)}
+                fresh = fresh or not ids <= known
+                known |= {i for i in ids if isinstance(i, str)}
+                yield page
+                if len(page) < limit:
+                    break
+                offset += len(page)
+            if offset == 0 or not fresh:
+                return  # one page held it all, or a whole pass found nothing new
+
+    def sweep(
+        self, start_ms: int, before: int | None, *, limit: int = PAGE_LIMIT
+    ) -> Iterator[list[Any]]:
+        """Every user created at or after ``start_ms`` (and before ``before``), by
+        ``created_at`` filters alone: for a window whose cursor walk may have ended early (a
+        deleted cursor answered ``200 []``, say). Each request starts at the newest
+        millisecond of the one before (re-read: it may go on past the page); a full page
+        within one millisecond is read whole with :meth:`at_ms`, then stepped past."""
+        low = start_ms
+        while True:
+            params: dict[str, Any] = {
+                "limit": limit,
+                "order_by": "+created_at",
+                "created_at_after": low - 1,
+            }
+            if before is not None:
+                params["created_at_before"] = before
+            page = self._list(params)
+            yield page
+            if len(page) < limit:
+                return
+            stamps = sorted(
+                {
+                    u["created_at"]
+                    for u in page
+                    if isinstance(u, dict) and isinstance(u.get("created_at"), int)
+                }
+            )
+            if not stamps:
+                raise ClerkDataError("A full page of users has no created_at; cannot page on.")
+            if stamps[-1] > low:
+                low = stamps[-1]
+            else:  # the page is all within low (or the millisecond below, if inclusive)
+                for ms in stamps:
+                    yield from self.at_ms(ms, limit=limit)
+                low += 1
+
     def walk_recent(
         self, since_ms: int, *, limit: int = PAGE_LIMIT, max_pages: int
     ) -> Iterator[RecentPage]:
@@ -497,8 +563,15 @@ class ClerkClient:
         deleted mid-walk pulls the rest one place up, so one user may be skipped; a deletion
         also lowers Clerk's count, which makes ``sync`` run the full reconcile. The overlap
         callers subtract from their watermark covers clock skew and users sharing a ms.
+
+        Users sharing the page's oldest ``updated_at`` may come back in another order on the
+        next request (Clerk does not say how it breaks ties), so the next page starts where
+        that group starts, and reads it again whole. A group larger than a page cannot be
+        re-read that way: the page it goes on into is marked not ``exact`` (the caller then
+        trusts the walk no more than one cut short).
         """
         offset = 0
+        spanning: int | None = None  # the updated_at of a page that was one group throughout
         for _ in range(max_pages):
             users = self._list({"limit": limit, "order_by": "-updated_at", "offset": offset})
             stamps = [u.get("updated_at") for u in users if isinstance(u, dict)]
@@ -508,10 +581,15 @@ class ClerkClient:
                     "A full page of users has no updated_at; cannot tell how far back to read."
                 )
             done = len(users) < limit or min(times) < since_ms
-            yield RecentPage(users, offset, done)
+            # the group before went on into this page: it was larger than a page
+            exact = spanning is None or spanning not in times
+            tied = sum(1 for t in stamps if t == min(times)) if times else 0
+            yield RecentPage(users, offset, done, exact)
             if done:
                 return
-            offset += len(users)
+            whole = tied >= len(users)  # one group throughout: cannot be re-read from its start
+            spanning = min(times) if whole else None
+            offset += len(users) if whole else len(users) - tied
 
     def _list(self, params: dict[str, Any]) -> list[Any]:
         page = self._get_json("/users", params, max_items=int(params["limit"]))

@@ -67,6 +67,15 @@ def sync_json(result: SyncResult) -> dict[str, Any]:
         "failures": [{"clerk_id": f.clerk_id, "problem": f.problem} for f in result.failures],
         "refusal": result.refusal,
         "notes": list(result.notes),
+        "completeness": None
+        if result.completeness is None
+        else {
+            "clerk_before": result.completeness.clerk_before,
+            "clerk_after": result.completeness.clerk_after,
+            "read": result.completeness.read,
+            "recovered": result.completeness.recovered,
+            "complete": result.completeness.complete,
+        },
         # the lists above keep their first entries; these are how many there were
         "totals": {
             "changes": sum(result.counts[a] for a in ACTIONS if a is not Action.UNCHANGED),

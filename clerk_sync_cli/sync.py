@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -151,6 +151,7 @@ class SyncResult:
     newest_ms: int | None = None  # the newest updated_at read
     walk_complete: bool = False  # every user the walk had to read was read
     walk_failures: int = 0  # users read but not written (rejected or refused by the database)
+    completeness: Completeness | None = None  # after a full walk: did it read every user?
     baseline: Baseline | None = None  # after a full reconcile: table rows and Clerk's count
     watermark_ms: int | None = None  # recorded for the next sync
     previous_watermark_ms: int | None = None
@@ -221,6 +222,7 @@ class _Run:
     resumable: bool = True
     seen: set[int] | None = None
     listed: str | None = None
+    recovered: bool = False  # the full walk's recovery read has run
     bookkeeping: Bookkeeping | None = None
 
     @property
@@ -422,8 +424,14 @@ def _sync_recent(
     if state.watermark_ms is not None and (reason is None or not options.full):
         result.mode = "watermark"
         result.since_ms = state.watermark_ms - round(options.overlap_s * 1000)
-        result.walk_complete = _walk_recent(client, store, schema, run, options, result)
-        if not result.walk_complete:
+        reached, exact = _walk_recent(client, store, schema, run, options, result)
+        result.walk_complete = reached and exact
+        if not exact:
+            reason = (
+                "a page of users changed in one millisecond cannot be read exactly by offset; "
+                "the full walk reads them by created_at"
+            )
+        elif not reached:
             reason = (
                 f"more than {options.max_recent_pages} pages of users changed since the last "
                 "run; the full walk reads them more cheaply"
@@ -456,19 +464,21 @@ def _walk_recent(
     run: _Run,
     options: SyncOptions,
     result: SyncResult,
-) -> bool:
+) -> tuple[bool, bool]:
     """Write the users changed since ``result.since_ms``, newest first, a page per unit of
-    work. Returns whether the walk reached that far back (not stopped by the page limit)."""
+    work. Returns whether the walk reached that far back (not stopped by the page limit),
+    and whether every page could be read exactly (see :meth:`ClerkClient.walk_recent`)."""
     assert result.since_ms is not None
     reached = False
     pages = client.walk_recent(
         result.since_ms, limit=options.page_size, max_pages=options.max_recent_pages
     )
+    exact = True
     for page in pages:
         result.pages += 1
         _write_page(store, schema, run, options, result, _prepare(page.users, schema))
-        reached = page.done
-    return reached
+        reached, exact = page.done, exact and page.exact
+    return reached, exact
 
 
 def _full_pass(
@@ -491,13 +501,18 @@ def _full_pass(
             store.save_windows(run.id, windows)
         run.todo = [(w, None) for w in windows]
     progress.start(listed_before)
-    rejected = _walk(client, store, schema, run, options, result, progress)
+    marks = _WalkMarks()
+    rejected = _walk(client, store, schema, run, options, result, progress, marks)
     progress.finish()
-    result.walk_complete = True
+    listed_after = _account_for_everyone(
+        client, store, schema, run, options, result, marks, rejected, listed_before
+    )
     result.clerk_users = run.seen_count(store)
+    if listed_after is None:
+        return  # not every user is accounted for: the run is partial, nothing deactivated
+    result.walk_complete = True
     if not options.deactivate:
         return
-    listed_after = client.count_users()
     reason = _incomplete_listing(result.clerk_users, rejected, listed_before, listed_after)
     if run.resumed:
         result.notes.append("Resumed an interrupted run: counts cover this part only.")
@@ -505,9 +520,126 @@ def _full_pass(
         result.notes.append(f"Deactivation skipped: {reason}")
         result.failures.append(Failure(None, f"deactivation skipped: {reason}"))
         return
-    _deactivate(client, store, run, options, result, active_rows, confirm)
+    _deactivate(
+        client,
+        store,
+        run,
+        options,
+        result,
+        active_rows,
+        confirm,
+        recover=lambda: _recover(client, store, schema, run, options, result, marks),
+    )
     if result.status != "refused" and not options.dry_run:
         result.baseline = Baseline(store.count_active()[0], listed_after)
+
+
+@dataclass
+class _WalkMarks:
+    """Where a cursor walk may have missed users, whatever Clerk's cursor does: the
+    millisecond of each page's last user (users sharing it may be skipped), and where each
+    window's walk ended (an empty page for a deleted cursor ends it early)."""
+
+    boundaries: set[int] = field(default_factory=set)
+    ends: dict[int, tuple[Window, int]] = field(default_factory=dict)  # window no -> (window, ms)
+
+    def mark(self, window: Window, page: _Prepared, last: bool) -> None:
+        if last:
+            start = page.last_created_ms
+            if start is None:  # an empty last page: from the window's start, or the last mark
+                previous = self.ends.get(window.no)
+                start = previous[1] if previous else (window.after or 0) + 1
+            self.ends[window.no] = (window, start)
+        elif page.last_created_ms is not None:
+            self.boundaries.add(page.last_created_ms)
+            self.ends[window.no] = (window, page.last_created_ms)
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """Whether the full walk read every user Clerk has: Clerk's count before the walk and
+    after it (and after any recovery), the users read, and those the recovery found."""
+
+    clerk_before: int
+    clerk_after: int
+    read: int
+    recovered: int
+    complete: bool
+
+
+def _account_for_everyone(
+    client: ClerkClient,
+    store: Store,
+    schema: SchemaInfo,
+    run: _Run,
+    options: SyncOptions,
+    result: SyncResult,
+    marks: _WalkMarks,
+    rejected: int,
+    listed_before: int,
+) -> int | None:
+    """Compare the users the walk read with Clerk's count after it. Every user that exists
+    after the walk — sign-ups during it included — is in that count, so a sign-up that was
+    read offsets nothing and one that was not is missing like any other. If users are
+    missing, re-read what a cursor may skip (see :class:`_WalkMarks`) with created_at filters
+    alone, and count again. Returns Clerk's count if every user is accounted for; otherwise
+    records the shortfall (status partial, no watermark, no deactivation) and returns None."""
+    after = client.count_users()
+    read = run.seen_count(store) + rejected
+    recovered = 0
+    if read < after:
+        recovered = _recover(client, store, schema, run, options, result, marks)
+        after = client.count_users()
+        read = run.seen_count(store) + rejected
+    complete = read >= after
+    result.completeness = Completeness(listed_before, after, read, recovered, complete)
+    if complete:
+        return after
+    _incomplete(result, f"Clerk has {after} users but only {read} could be read")
+    return None
+
+
+def _incomplete(result: SyncResult, why: str) -> None:
+    """Record that the walk could not account for every user: the run is partial, records
+    no watermark and deactivates nothing; the next run tries again."""
+    shortfall = (
+        f"{why}; the run is not complete (no deactivation, no watermark). The next run tries again."
+    )
+    result.walk_complete = False
+    result.notes.append(shortfall)
+    result.failures.append(Failure(None, f"incomplete listing: {shortfall}"))
+
+
+def _recover(
+    client: ClerkClient,
+    store: Store,
+    schema: SchemaInfo,
+    run: _Run,
+    options: SyncOptions,
+    result: SyncResult,
+    marks: _WalkMarks,
+) -> int:
+    """Re-read what a cursor may have skipped (see :class:`_WalkMarks`) with created_at
+    filters alone, once a run; returns how many users that found that the walk had not."""
+    if run.recovered:
+        return 0
+    run.recovered = True
+    found_before = run.seen_count(store)
+    for users in _recovery_pages(client, marks, options.page_size):
+        _write_page(store, schema, run, options, result, _prepare(users, schema))
+    recovered = run.seen_count(store) - found_before
+    if recovered:
+        result.notes.append(
+            f"The cursor walk missed {recovered} users; re-read with created_at filters."
+        )
+    return recovered
+
+
+def _recovery_pages(client: ClerkClient, marks: _WalkMarks, limit: int) -> Iterator[list[Any]]:
+    for ms in sorted(marks.boundaries):
+        yield from client.at_ms(ms, limit=limit)
+    for window, start in marks.ends.values():
+        yield from client.sweep(start, window.before, limit=limit)
 
 
 def _plan_windows(client: ClerkClient, options: SyncOptions, listed: int) -> list[Window]:
@@ -566,9 +698,11 @@ def _walk(
     options: SyncOptions,
     result: SyncResult,
     progress: Progress,
+    marks: _WalkMarks,
 ) -> int:
-    """Page through Clerk; plan and write each page in one transaction. Returns the number
-    of listed users that could not be read (rejected)."""
+    """Page through Clerk; plan and write each page in one transaction, noting in ``marks``
+    where the cursor may have skipped users. Returns the number of listed users that could
+    not be read (rejected)."""
     assert run.todo is not None
     rejected = 0
     pages = walk_concurrently(
@@ -585,6 +719,7 @@ def _walk(
                 store.checkpoint(cur, run.id, page.window.no, page.cursor, page.last)
 
         rejected += _write_page(store, schema, run, options, result, prepared, checkpoint)
+        marks.mark(page.window, prepared, page.last)
         progress.advance(prepared.size)
     if client.offset_fallbacks:
         result.notes.append(
@@ -600,15 +735,22 @@ class _Prepared:
     mapped: list[MappedUser | RejectedUser]
     newest_ms: int | None  # the newest updated_at on the page
     size: int
+    last_created_ms: int | None = None  # the newest created_at on the page
 
 
 def _prepare(users: Sequence[Any], schema: SchemaInfo) -> _Prepared:
     """Map a page (pure; runs in the fetching worker, so raw pages never queue up)."""
-    stamps = [u.get("updated_at") for u in users if isinstance(u, dict)]
-    times = [t for t in stamps if isinstance(t, int) and not isinstance(t, bool)]
     return _Prepared(
-        [map_user(raw, schema.limits) for raw in users], max(times, default=None), len(users)
+        [map_user(raw, schema.limits) for raw in users],
+        _newest(users, "updated_at"),
+        len(users),
+        _newest(users, "created_at"),
     )
+
+
+def _newest(users: Sequence[Any], name: str) -> int | None:
+    stamps = [u.get(name) for u in users if isinstance(u, dict)]
+    return max((t for t in stamps if isinstance(t, int) and not isinstance(t, bool)), default=None)
 
 
 def _write_page(
@@ -626,6 +768,7 @@ def _write_page(
     trips when nothing changed). Returns how many could not be read."""
     rejected = 0
     rows: dict[str, UserRow] = {}
+    warnings: dict[str, Sequence[FieldWarning]] = {}
     for mapped in page.mapped:
         if isinstance(mapped, RejectedUser):
             rejected += 1
@@ -633,7 +776,8 @@ def _write_page(
             continue
         if mapped.row.clerk_id not in rows:
             rows[mapped.row.clerk_id] = mapped.row
-            result.warnings.extend(mapped.warnings)
+            if mapped.warnings:
+                warnings[mapped.row.clerk_id] = mapped.warnings
     if page.newest_ms is not None:
         result.newest_ms = max(page.newest_ms, result.newest_ms or page.newest_ms)
 
@@ -641,7 +785,9 @@ def _write_page(
     if run.seen is not None:  # a read-only run: what earlier pages saw is in memory
         known = {clerk_id for clerk_id in rows if hash(clerk_id) in run.seen}
 
-    def unit(cur: Cursor) -> tuple[list[Change], int, Counter[Action], list[Failure]]:
+    def unit(
+        cur: Cursor,
+    ) -> tuple[list[Change], int, Counter[Action], list[Failure], set[str]]:
         seen_before, differing = store.see_and_compare(
             cur,
             run.id,
@@ -663,9 +809,14 @@ def _write_page(
             _apply(store, cur, schema, writes, applied, failures)
         if checkpoint is not None and run.locked:
             checkpoint(cur)
-        return changes, unchanged, applied, failures
+        return changes, unchanged, applied, failures, seen_before
 
-    changes, unchanged, applied, failures = store.atomic(unit, locked_by=run.lease, pipelined=True)
+    changes, unchanged, applied, failures, seen_before = store.atomic(
+        unit, locked_by=run.lease, pipelined=True
+    )
+    for clerk_id, found in warnings.items():  # once a user, however often a walk reads it
+        if clerk_id not in seen_before:
+            result.warnings.extend(found)
     if run.seen is not None:  # only once the unit is done (a reconnect reruns it)
         run.seen.update(hash(clerk_id) for clerk_id in rows)
         run.listed = run.listed or next(iter(rows), None)
@@ -735,9 +886,14 @@ def _deactivate(
     result: SyncResult,
     active_rows: int,
     confirm: Confirm | None,
+    recover: Callable[[], int],
 ) -> None:
     """Deactivate active rows whose users Clerk no longer lists, each confirmed by Clerk's
-    own 404, once a user the run listed has shown that the lookup reaches Clerk."""
+    own 404, once a user the run listed has shown that the lookup reaches Clerk.
+
+    A candidate Clerk still has proves the listing missed it (and that the count check was
+    offset, by a deletion during the walk): the recovery read then runs (``recover``), and
+    unless it finds them all, the run is incomplete and deactivates nothing."""
     count, _ = run.unseen_active(store, limit=0)
     refusal = options.guard.refusal(count, active_rows, result.clerk_users)
     if refusal:
@@ -749,6 +905,7 @@ def _deactivate(
     if untrusted:
         result.notes.append(f"No deletion could be confirmed with Clerk: {untrusted}.")
     confirmed: list[DbUser] = []
+    still_there = 0
     beat_every_s, beaten = options.stale_after_s / 4, time.monotonic()
     for n, row in enumerate(candidates, 1):
         # first thing, so a lookup that fails (after its retries) cannot skip it
@@ -774,9 +931,26 @@ def _deactivate(
         if present is None:
             confirmed.append(row)
         else:
+            still_there += 1
             result.notes.append(
                 f"{row.clerk_id} was missing from the listing but Clerk still has it; left active."
             )
+    if still_there:
+        recovered = recover()
+        if result.completeness is not None:
+            result.completeness = replace(
+                result.completeness,
+                read=result.completeness.read + recovered,
+                recovered=result.completeness.recovered + recovered,
+                complete=recovered >= still_there,
+            )
+        if recovered < still_there:
+            _incomplete(
+                result,
+                f"{still_there} users missing from the listing are still in Clerk, and a "
+                f"re-read with created_at filters found {recovered}",
+            )
+            return
     changes = [plan_deactivation(row) for row in confirmed]
     result.record(changes)
     if not changes or options.dry_run:

@@ -221,7 +221,14 @@ def test_incomplete_listing_disables_deactivation(
     assert cli("backfill").exit_code == 0
     emulator.emulator.hidden_from_list = {u["id"] for u in users[:5]}
     doc = cli.json("diff", "--yes", expect=4)
-    assert any("listing looks incomplete" in n for n in doc["notes"])
+    assert any("Clerk has 30 users but only 25 could be read" in n for n in doc["notes"])
+    assert doc["completeness"] == {
+        "clerk_before": 30,
+        "clerk_after": 30,
+        "read": 25,
+        "recovered": 0,  # the recovery re-read, and found nothing more
+        "complete": False,
+    }
     assert doc["applied"]["deactivate"] == 0
     assert "GET /v1/users/{id}" not in emulator.emulator.stats()["by_endpoint"]
 
@@ -234,9 +241,11 @@ def test_user_missing_from_listing_but_present_in_clerk_stays_active(
     hidden = users[3]["id"]
     emulator.emulator.hidden_from_list = {hidden}
     emulator.emulator.count_offset = -1  # the count agrees with the short listing
-    doc = cli.json("diff", "--yes")
+    doc = cli.json("diff", "--yes", expect=4)  # the lookup proves the listing incomplete
     assert doc["applied"]["deactivate"] == 0
     assert any(hidden in n and "still has it" in n for n in doc["notes"])
+    assert doc["completeness"]["complete"] is False
+    assert any("1 users missing from the listing are still in Clerk" in n for n in doc["notes"])
     assert db.execute("SELECT is_active FROM users WHERE clerk_id = %s", (hidden,)).fetchone() == (
         True,
     )
