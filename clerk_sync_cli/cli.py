@@ -42,6 +42,7 @@ from clerk_sync_cli.init_db import init_db as run_init_db
 from clerk_sync_cli.ping import check_ping_url, ping
 from clerk_sync_cli.plan import DeactivationGuard
 from clerk_sync_cli.report import Reporter
+from clerk_sync_cli.scrub import scrub
 from clerk_sync_cli.settings import (
     Settings,
     describe_dsn,
@@ -185,8 +186,9 @@ def root(
 
 
 @contextmanager
-def handle_errors(reporter: Reporter, command: str, settings: list[Settings]) -> Iterator[None]:
-    """Expected failures: message + exit code. Anything else: one line, exit 70, no secrets."""
+def handle_errors(reporter: Reporter, command: str) -> Iterator[None]:
+    """Expected failures: message + exit code. Anything else: one line, exit 70, no secrets
+    (every secret the settings hold was registered with the scrubber when they were loaded)."""
     try:
         yield
     except ClerkSyncError as exc:
@@ -200,10 +202,7 @@ def handle_errors(reporter: Reporter, command: str, settings: list[Settings]) ->
     except Exception as exc:
         if os.environ.get("CLERK_SYNC_DEBUG"):
             raise
-        text = f"{type(exc).__name__}: {exc}"
-        for current in settings:
-            for secret in current.secrets():
-                text = text.replace(secret, "***")
+        text = scrub(f"{type(exc).__name__}: {exc}")  # whole, before it is cut short
         error = ClerkSyncError(
             f"internal error: {text[:300]}",
             "This is a bug in clerk-sync; rerun with CLERK_SYNC_DEBUG=1 for a traceback.",
@@ -212,9 +211,8 @@ def handle_errors(reporter: Reporter, command: str, settings: list[Settings]) ->
         raise typer.Exit(70) from None
 
 
-def _settings(holder: list[Settings], reporter: Reporter, **given: str | None) -> Settings:
+def _settings(reporter: Reporter, **given: str | None) -> Settings:
     settings = load_settings(**given)
-    holder.append(settings)
     warning = env_file_warning()
     if warning:
         reporter.warn(warning)
@@ -262,14 +260,12 @@ def _run_sync(
     fail_on_drift: bool = False,
 ) -> NoReturn:
     """backfill, diff and sync: run, print the report, ping, and exit with the run's code."""
-    with handle_errors(Reporter(json_mode=json_out), options.command, []):
+    with handle_errors(Reporter(json_mode=json_out), options.command):
         _check_ping_url(ping_url)
     with _pinging(ping_url, json_out):
         reporter = Reporter(json_mode=json_out, quiet=quiet)
-        holder: list[Settings] = []
-        with handle_errors(reporter, options.command, holder), ExitStack() as stack:
+        with handle_errors(reporter, options.command), ExitStack() as stack:
             settings = _settings(
-                holder,
                 reporter,
                 clerk_secret_key=clerk_secret_key,
                 database_url=database_url,
@@ -507,9 +503,8 @@ def status(
     Example: clerk-sync status --json
     """
     reporter = Reporter(json_mode=json_out)
-    holder: list[Settings] = []
-    with handle_errors(reporter, "status", holder), ExitStack() as stack:
-        settings = _settings(holder, reporter, database_url=database_url)
+    with handle_errors(reporter, "status"), ExitStack() as stack:
+        settings = _settings(reporter, database_url=database_url)
         store = _store(stack, settings)
         reporter.status(collect_status(store, limit=limit))
 
@@ -532,10 +527,8 @@ def user(
     Example: clerk-sync user user_2x8kQm3VbN7pLr4TzYw1HcDeFgA --apply
     """
     reporter = Reporter(json_mode=json_out)
-    holder: list[Settings] = []
-    with handle_errors(reporter, "user", holder), ExitStack() as stack:
+    with handle_errors(reporter, "user"), ExitStack() as stack:
         settings = _settings(
-            holder,
             reporter,
             clerk_secret_key=clerk_secret_key,
             database_url=database_url,
@@ -568,12 +561,11 @@ def init_db(
     Example: clerk-sync init-db --print > clerk-sync.sql
     """
     reporter = Reporter(json_mode=json_out)
-    holder: list[Settings] = []
-    with handle_errors(reporter, "init-db", holder), ExitStack() as stack:
+    with handle_errors(reporter, "init-db"), ExitStack() as stack:
         if print_sql:
             reporter.sql_script(ddl.script(load_settings().tables()))
             return
-        settings = _settings(holder, reporter, database_url=database_url)
+        settings = _settings(reporter, database_url=database_url)
         store = _store(stack, settings)
         result = run_init_db(store)
         reporter.init_db(result, str(describe_dsn(settings.dsn())))
@@ -601,10 +593,8 @@ def doctor(
     Example: clerk-sync doctor
     """
     reporter = Reporter(json_mode=json_out)
-    holder: list[Settings] = []
-    with handle_errors(reporter, "doctor", holder), ExitStack() as stack:
+    with handle_errors(reporter, "doctor"), ExitStack() as stack:
         settings = _settings(
-            holder,
             reporter,
             clerk_secret_key=clerk_secret_key,
             database_url=database_url,
@@ -733,7 +723,7 @@ def emulator(
     the default is one plausible reading; the others let a client be tested against each.
     """
     reporter = Reporter()
-    with handle_errors(reporter, "emulator", []):
+    with handle_errors(reporter, "emulator"):
         source = ctx.get_parameter_source("secret_key")
         from_env = getattr(source, "name", None) == "ENVIRONMENT"
         if from_env and secret_key and secret_key.startswith("sk_live_"):
@@ -801,7 +791,7 @@ def demo(
     from clerk_sync_cli.demo import demo_summary, run_demo  # not loaded by the other commands
 
     reporter = Reporter(json_mode=json_out, sample=5)
-    with handle_errors(reporter, "demo", []):
+    with handle_errors(reporter, "demo"):
         outcome = run_demo(reporter, users=users, keep=keep)
         final = outcome.runs[-1]
         ok = all(r.status == "ok" for r in outcome.runs) and not final.drift

@@ -57,11 +57,6 @@ class Settings(BaseSettings):
     #: Pinged after each run (healthchecks.io style); a secret, since its path is the token.
     clerk_sync_ping_url: SecretStr | None = None
 
-    def secrets(self) -> list[str]:
-        """Every secret value these settings hold, whole: the key, the database password, the
-        database URL and the ping URL."""
-        return [*self._pieces(), *self._wholes()]
-
     def _pieces(self) -> list[str]:
         """Secrets of which no piece may show: the key, the password, the ping URL's token."""
         found = [self.clerk_secret_key.get_secret_value()] if self.clerk_secret_key else []

@@ -237,3 +237,26 @@ def test_a_malformed_ping_url_is_a_configuration_error_before_the_run(
         assert "Traceback" not in result.stdout + result.stderr
         assert "abc" not in result.stderr
     assert db.execute("SELECT count(*) FROM clerk_sync.runs").fetchone() == (0,)
+
+
+def test_an_unexpected_error_quoting_the_key_is_scrubbed_before_it_is_cut_short(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one place for errors nobody expected (exit 70): the message is cut at 300
+    characters, inside the key here, and no piece of the key survives in what is printed."""
+    import typer
+
+    from clerk_sync_cli.cli import handle_errors
+    from clerk_sync_cli.report import Reporter
+    from clerk_sync_cli.settings import load_settings
+
+    monkeypatch.delenv("CLERK_SYNC_DEBUG", raising=False)
+    load_settings(clerk_secret_key=LIVE_KEY)  # what every command does first
+    padding = "x" * (300 - len("internal error: RuntimeError: ") - 20)
+    with pytest.raises(typer.Exit) as ended, handle_errors(Reporter(), "backfill"):
+        raise RuntimeError(f"{padding}{LIVE_KEY}")  # the cut falls inside the key
+    assert ended.value.exit_code == 70
+    printed = capsys.readouterr()
+    assert "internal error" in printed.err
+    assert "S3cr3tK3y" not in printed.out + printed.err
+    assert not leaked(printed.out + printed.err, LIVE_KEY.removeprefix("sk_live_"))
