@@ -42,6 +42,7 @@ from clerk_sync_cli.init_db import init_db as run_init_db
 from clerk_sync_cli.ping import check_ping_url, ping
 from clerk_sync_cli.plan import DeactivationGuard
 from clerk_sync_cli.report import Reporter
+from clerk_sync_cli.run import DEFAULT_CONCURRENCY, SyncOptions
 from clerk_sync_cli.scrub import scrub
 from clerk_sync_cli.settings import (
     Settings,
@@ -52,14 +53,11 @@ from clerk_sync_cli.settings import (
     load_settings,
     setting_sources,
 )
+from clerk_sync_cli.states import RunStatus
+from clerk_sync_cli.status import collect_status
 from clerk_sync_cli.store import Store, connect
-from clerk_sync_cli.sync import (
-    DEFAULT_CONCURRENCY,
-    SyncOptions,
-    collect_status,
-    inspect_user,
-    reconcile,
-)
+from clerk_sync_cli.sync import reconcile
+from clerk_sync_cli.user import inspect_user
 
 app = typer.Typer(
     name="clerk-sync",
@@ -794,7 +792,7 @@ def demo(
     with handle_errors(reporter, "demo"):
         outcome = run_demo(reporter, users=users, keep=keep)
         final = outcome.runs[-1]
-        ok = all(r.status == "ok" for r in outcome.runs) and not final.drift
+        ok = all(r.status is RunStatus.OK for r in outcome.runs) and not final.drift
         reporter.demo_result(outcome.runs, demo_summary(outcome), ok)
     if not ok:
         raise typer.Exit(1)

@@ -24,8 +24,9 @@ from clerk_sync_cli.embedded_postgres import embedded_postgres, stop_command
 from clerk_sync_cli.emulator import DEFAULT_SECRET_KEY
 from clerk_sync_cli.errors import ClerkSyncError
 from clerk_sync_cli.init_db import init_db
+from clerk_sync_cli.run import Progress, SyncOptions, SyncResult
 from clerk_sync_cli.store import Store, connect
-from clerk_sync_cli.sync import Progress, SyncOptions, SyncResult, reconcile
+from clerk_sync_cli.sync import reconcile
 
 
 @dataclass(frozen=True)

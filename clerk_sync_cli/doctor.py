@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from clerk_sync_cli.bookkeeping import Bookkeeping
 from clerk_sync_cli.errors import ClerkSyncError
 from clerk_sync_cli.history import Instance, Pin, RunRecord
 from clerk_sync_cli.project import (
@@ -23,7 +22,8 @@ from clerk_sync_cli.project import (
     drop_trigger_sql,
 )
 from clerk_sync_cli.settings import DatabaseTarget, connection_kind
-from clerk_sync_cli.store import LockHolder, Store
+from clerk_sync_cli.store import LockHolder, Store, bookkeeping, lock, pin, runs, schema
+from clerk_sync_cli.store.bookkeeping import Bookkeeping
 
 
 class Level(StrEnum):
@@ -92,15 +92,15 @@ def gather_database(facts: DatabaseFacts, store: Store, *, fix: bool = False) ->
     try:
         store.check_connection()
         if fix:
-            facts.fixed = store.drop_duplicate_triggers()
-        facts.project = store.project()
-        facts.bookkeeping = store.bookkeeping()
+            facts.fixed = store.run(schema.drop_duplicate_triggers, store.tables)
+        facts.project = store.run(schema.read, store.tables)
+        facts.bookkeeping = store.run(bookkeeping.read)
         if facts.bookkeeping.usable:
-            facts.pin = store.pinned_instance()
-            facts.lock = store.lock_holder()
-            recent = store.recent_runs(1)
+            facts.pin = store.run(pin.read)
+            facts.lock = store.run(lock.holder)
+            recent = store.run(runs.recent, 1)
             facts.last_run = recent[0] if recent else None
-            facts.last_full = store.last_full_reconcile()
+            facts.last_full = store.run(runs.last_full_reconcile)
     except ClerkSyncError as exc:
         facts.error = exc.message
 

@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     REFUSED = 3  # a safety guard refused to act
     PARTIAL = 4  # some users could not be synced; they are listed
     UNAVAILABLE = 5  # Clerk or the database unavailable after retries
+    INTERNAL = 70  # a bug: anything the CLI could not turn into one of the above (EX_SOFTWARE)
 
 
 class ClerkSyncError(Exception):

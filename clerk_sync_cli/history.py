@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from clerk_sync_cli.states import LockState, RunStatus, SyncMode
+
 #: Commands whose runs are full reconciles (walk everything, then deactivate what is gone).
 FULL_COMMANDS = ("diff",)
 
@@ -205,7 +207,7 @@ class RunRecord:
 
     @property
     def full_reconcile(self) -> bool:
-        return self.command in FULL_COMMANDS or self.summary.get("mode") == "full"
+        return self.command in FULL_COMMANDS or self.summary.get("mode") == SyncMode.FULL
 
     @property
     def drift(self) -> int:
@@ -218,7 +220,7 @@ class RunRecord:
 class LockInfo:
     """The writer lock as ``status`` reports it."""
 
-    state: str  # free | held | stale
+    state: LockState
     run_id: int | None = None
     host: str | None = None
     pid: int | None = None
@@ -234,8 +236,9 @@ def lock_state(
     stale: bool,
 ) -> LockInfo:
     if holder_run is None:
-        return LockInfo("free")
-    return LockInfo("stale" if stale else "held", holder_run, host, pid, heartbeat_age_s)
+        return LockInfo(LockState.FREE)
+    state = LockState.STALE if stale else LockState.HELD
+    return LockInfo(state, holder_run, host, pid, heartbeat_age_s)
 
 
 def run_state(run: RunRecord, lock: LockInfo, *, process_alive: Callable[[Origin], bool]) -> str:
@@ -243,10 +246,10 @@ def run_state(run: RunRecord, lock: LockInfo, *, process_alive: Callable[[Origin
     its process lives: a writing run must hold a fresh lock (``stale`` when its lock is old or
     its process gone: the next run takes it over), otherwise it ``crashed``. A dry run holds
     no lock; it crashed when its process is known to be gone."""
-    if run.status != "running":
+    if run.status != RunStatus.RUNNING:
         return run.status
     if not run.dry_run:
         if lock.run_id == run.id:
-            return "stale" if lock.state == "stale" else "running"
-        return "crashed"
-    return "running" if process_alive(run.origin) else "crashed"
+            return RunStatus.STALE if lock.state is LockState.STALE else RunStatus.RUNNING
+        return RunStatus.CRASHED
+    return RunStatus.RUNNING if process_alive(run.origin) else RunStatus.CRASHED

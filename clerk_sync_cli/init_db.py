@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from clerk_sync_cli import ddl
 from clerk_sync_cli.doctor import Check, project_checks
 from clerk_sync_cli.project import Project
-from clerk_sync_cli.store import Store
+from clerk_sync_cli.store import Store, bookkeeping, schema
 
 
 @dataclass(frozen=True)
@@ -22,11 +22,11 @@ class InitResult:
 
 def init_db(store: Store) -> InitResult:
     applied = []
-    created = not store.project().users_exists
+    created = not store.run(schema.read, store.tables).users_exists
     if created:
         for file in ddl.app_files(store.tables):
             store.apply_sql(file.name, file.text)
             applied.append(f"app/{file.name}")
-    applied += [f"migrations/{name}" for name in store.ensure_bookkeeping()]
-    project = store.project()
+    applied += [f"migrations/{name}" for name in store.run(bookkeeping.migrate)]
+    project = store.run(schema.read, store.tables)
     return InitResult(created, applied, project, project_checks(project))

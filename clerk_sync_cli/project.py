@@ -1,6 +1,7 @@
-"""What the app's own schema holds, read without changing anything: the users and settings
-tables, their triggers, row-level security and this role's privileges. Database side, like
-:mod:`clerk_sync_cli.store`; judging what it found is pure (:mod:`clerk_sync_cli.doctor`).
+"""What the app's own schema holds: the users and settings tables, their triggers, row-level
+security and this role's privileges, as values (read by :mod:`clerk_sync_cli.store.schema`),
+and what a run can do with them (:func:`schema_info`). Pure; :mod:`clerk_sync_cli.doctor`
+judges the rest.
 
 Every object clerk-sync creates carries a COMMENT starting with ``clerk-sync``. Triggers an
 older ``init-db`` created (before those marks) are recognised by their exact name, function
@@ -11,16 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from clerk_sync_cli.errors import RefusedError, SchemaError
 from clerk_sync_cli.mapping import SYNCED_FIELDS, ColumnLimits
 from clerk_sync_cli.tables import Tables
 
-Cursor = psycopg.Cursor[Any]
 MARK = "clerk-sync"
 
 #: What the ``init-db`` of clerk-sync 0.1 created (sql/004_triggers.sql), before it marked its
@@ -156,151 +154,6 @@ class Project:
         return ours if theirs else ours[1:]
 
 
-def _qualified(tables: Tables, name: str) -> str:
-    return sql.Identifier(tables.schema, name).as_string(None)
-
-
-def read_project(cur: Cursor, tables: Tables) -> Project:
-    """Everything :class:`Project` holds, in a handful of catalog queries."""
-    users, settings = _qualified(tables, tables.users), _qualified(tables, tables.settings)
-    cur.execute(
-        "SELECT current_user, current_database(), current_setting('server_version'), "
-        "to_regclass(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL, "
-        "has_database_privilege(current_database(), 'CREATE')",
-        (users, settings),
-    )
-    role, database, version, users_exists, settings_exists, create_db = _one(cur)
-    base = Project(tables, role, database, version, bool(users_exists), bool(settings_exists))
-    if not users_exists:
-        return base
-    cur.execute(
-        "SELECT column_name, character_maximum_length FROM information_schema.columns "
-        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-        (tables.schema, tables.users),
-    )
-    columns = {name: length for name, length in cur.fetchall()}
-    cur.execute(
-        "SELECT column_name FROM information_schema.columns "
-        "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-        (tables.schema, tables.settings),
-    )
-    settings_columns = tuple(r[0] for r in cur.fetchall())
-    cur.execute(
-        """
-        SELECT c.relrowsecurity, c.relforcerowsecurity,
-               pg_has_role(current_user, c.relowner, 'USAGE'), r.rolsuper, r.rolbypassrls,
-               EXISTS (
-                   SELECT 1 FROM pg_index i
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                   WHERE i.indrelid = c.oid AND i.indisunique AND i.indnatts = 1
-                     AND i.indpred IS NULL AND a.attname = 'clerk_id'),
-               EXISTS (
-                   SELECT 1 FROM pg_policy p
-                   WHERE p.polrelid = c.oid AND p.polpermissive AND p.polcmd IN ('*', 'r')
-                     AND pg_get_expr(p.polqual, p.polrelid) = 'true'
-                     AND (0 = ANY(p.polroles) OR EXISTS (
-                         SELECT 1 FROM unnest(p.polroles) AS pr(oid)
-                         WHERE pg_has_role(current_user, pr.oid, 'USAGE'))))
-               AND NOT EXISTS (
-                   SELECT 1 FROM pg_policy p
-                   WHERE p.polrelid = c.oid AND NOT p.polpermissive
-                     AND (0 = ANY(p.polroles) OR EXISTS (
-                         SELECT 1 FROM unnest(p.polroles) AS pr(oid)
-                         WHERE pg_has_role(current_user, pr.oid, 'USAGE')))),
-               ARRAY(SELECT a.rolname FROM pg_roles a
-                     WHERE a.rolname IN ('anon', 'authenticated')
-                       AND NOT c.relrowsecurity
-                       AND has_table_privilege(a.oid, c.oid, 'SELECT') ORDER BY 1)
-        FROM pg_class c JOIN pg_roles r ON r.rolname = current_user
-        WHERE c.oid = to_regclass(%s)
-        """,
-        (users,),
-    )
-    rls, forced, owner, superuser, bypass, unique, sees_all, exposed = _one(cur)
-    cur.execute(
-        "SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE']) p "
-        "WHERE has_table_privilege(to_regclass(%s), p)",
-        (users,),
-    )
-    on_users = frozenset(r[0] for r in cur.fetchall())
-    on_settings: frozenset[str] = frozenset()
-    if settings_exists:
-        cur.execute(
-            "SELECT p FROM unnest(ARRAY['SELECT', 'INSERT']) p "
-            "WHERE has_table_privilege(to_regclass(%s), p)",
-            (settings,),
-        )
-        on_settings = frozenset(r[0] for r in cur.fetchall())
-    cur.execute(
-        """
-        SELECT tg.tgname,
-               quote_ident(n.nspname) || '.' || quote_ident(p.proname) || '('
-               || pg_get_function_identity_arguments(p.oid) || ')',
-               (tg.tgtype & 2) <> 0,
-               (tg.tgtype & 4) <> 0, (tg.tgtype & 16) <> 0, tg.tgenabled <> 'D',
-               p.prosrc, p.prosecdef, coalesce(p.proconfig, '{}'),
-               obj_description(tg.oid, 'pg_trigger'), obj_description(p.oid, 'pg_proc'),
-               (SELECT count(*) FROM pg_trigger o WHERE o.tgfoid = tg.tgfoid) > 1
-        FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
-        JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE tg.tgrelid = to_regclass(%s) AND NOT tg.tgisinternal
-          AND (tg.tgtype & 1) <> 0  -- FOR EACH ROW
-        ORDER BY tg.tgname
-        """,
-        (users,),
-    )
-    triggers = tuple(
-        Trigger(
-            name,
-            function,
-            bool(before),
-            bool(on_insert),
-            bool(on_update),
-            bool(enabled),
-            source or "",
-            bool(definer),
-            tuple(config),
-            comment,
-            function_comment,
-            bool(shared),
-        )
-        for (
-            name,
-            function,
-            before,
-            on_insert,
-            on_update,
-            enabled,
-            source,
-            definer,
-            config,
-            comment,
-            function_comment,
-            shared,
-        ) in cur.fetchall()
-    )
-    return Project(
-        tables,
-        role,
-        database,
-        version,
-        True,
-        bool(settings_exists),
-        columns,
-        settings_columns,
-        bool(unique),
-        bool(rls),
-        bool(forced),
-        bool(owner),
-        bool(superuser),
-        bool(bypass),
-        bool(sees_all),
-        tuple(exposed),
-        triggers,
-        Privileges(on_users, on_settings, bool(create_db)),
-    )
-
-
 def drop_trigger_sql(project: Project, trigger: Trigger) -> sql.Composed:
     """The statements that remove one of clerk-sync's triggers (and its function, when it is
     clerk-sync's and no other trigger uses it)."""
@@ -311,12 +164,6 @@ def drop_trigger_sql(project: Project, trigger: Trigger) -> sql.Composed:
     if trigger.function_ours and not trigger.function_shared:
         parts.append(sql.SQL("DROP FUNCTION {}").format(sql.SQL(trigger.function)))
     return sql.SQL("; ").join(parts)
-
-
-def _one(cur: Cursor) -> Any:
-    record = cur.fetchone()
-    assert record is not None, "query returns exactly one row"
-    return record
 
 
 GRANTS_HINT = "See README → Safety → least-privilege role for the grants clerk-sync needs."

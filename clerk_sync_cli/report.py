@@ -25,9 +25,14 @@ from clerk_sync_cli.errors import ClerkSyncError
 from clerk_sync_cli.history import RunRecord
 from clerk_sync_cli.init_db import InitResult
 from clerk_sync_cli.plan import ACTIONS, Action, Change
+from clerk_sync_cli.run import SyncResult
 from clerk_sync_cli.scrub import ScrubbedStream, scrub, scrub_value
-from clerk_sync_cli.sync import StatusReport, SyncResult, UserReport
+from clerk_sync_cli.states import LockState, RunStatus, SyncMode
+from clerk_sync_cli.status import StatusReport
+from clerk_sync_cli.user import UserReport
 
+#: Runs that ended with a verdict (``status --json`` counts them).
+SETTLED = (RunStatus.OK, RunStatus.PARTIAL, RunStatus.REFUSED)
 SAMPLE = 20  # changes and warnings shown in the human report
 
 
@@ -100,7 +105,7 @@ def _sync_extra(result: SyncResult) -> dict[str, Any]:
         },
         "full_reconcile": {
             "needed": result.full_reason is not None,
-            "ran": result.mode == "full",
+            "ran": result.mode is SyncMode.FULL,
             "reason": result.full_reason,
         },
         "run_id": result.run_id,
@@ -145,10 +150,10 @@ def status_json(report: StatusReport) -> dict[str, Any]:
     """The ``--json`` document of ``status`` (the contract in the README)."""
     lock = report.lock
     pin = report.pin
-    finished = [(run, shown) for run, shown in report.runs if shown in ("ok", "partial", "refused")]
+    finished = [(run, shown) for run, shown in report.runs if shown in SETTLED]
     return {
         "command": "status",
-        "status": "ok",
+        "status": RunStatus.OK,
         "in_progress": report.in_progress,
         "bookkeeping": report.bookkeeping,
         "lock": {
@@ -270,7 +275,7 @@ class Reporter:
             self.document(
                 {
                     "command": command,
-                    "status": "failed",
+                    "status": RunStatus.FAILED,
                     "error": {"message": exc.message, "hint": exc.hint},
                     "exit_code": int(exc.exit_code),
                 }
@@ -377,9 +382,9 @@ class Reporter:
         if result.mode is None:
             return f"{result.command}: {mode}{result.status} · {counts} · {result.duration_s:.1f}s"
         how = {
-            "watermark": f"changed since the last run ({result.pages} page(s))",
-            "full": f"full reconcile: {result.full_reason}",
-            "none": "read nothing",
+            SyncMode.WATERMARK: f"changed since the last run ({result.pages} page(s))",
+            SyncMode.FULL: f"full reconcile: {result.full_reason}",
+            SyncMode.NONE: "read nothing",
         }[result.mode]
         if result.full_needed:
             how += f" · full reconcile needed: {result.full_reason}"
@@ -441,7 +446,7 @@ class Reporter:
             self.document(
                 {
                     "command": "init-db",
-                    "status": "ok",
+                    "status": RunStatus.OK,
                     "database": target,
                     "app_schema": "created" if result.created_app_schema else "existing",
                     "applied": result.applied,
@@ -481,7 +486,7 @@ class Reporter:
             self.document(
                 {
                     "command": "doctor",
-                    "status": "ok" if ok else "failed",
+                    "status": RunStatus.OK if ok else RunStatus.FAILED,
                     "checks": [check_json(c) for c in checks],
                     "fixed": list(fixed),
                 }
@@ -506,12 +511,12 @@ class Reporter:
             )
             return
         lock = report.lock
-        if lock.state == "free":
+        if lock.state is LockState.FREE:
             self.out.print("Lock: free (no run in progress).")
         else:
             age = f"{lock.heartbeat_age_s:.0f}s" if lock.heartbeat_age_s is not None else "?"
             who = f"run {lock.run_id} (pid {lock.pid} on {lock.host}), last heard from {age} ago"
-            if lock.state == "held":
+            if lock.state is LockState.HELD:
                 self.out.print(f"Lock: held by {_show(who)}: a run is in progress.")
             else:
                 self.out.print(
@@ -577,7 +582,7 @@ class Reporter:
             self.document(
                 {
                     "command": "demo",
-                    "status": "ok" if ok else "failed",
+                    "status": RunStatus.OK if ok else RunStatus.FAILED,
                     "runs": [sync_json(r) for r in runs],
                     **kept,
                 }
@@ -604,7 +609,7 @@ class Reporter:
 
     def sql_script(self, text: str) -> None:
         if self.json_mode:
-            self.document({"command": "init-db", "status": "ok", "sql": text})
+            self.document({"command": "init-db", "status": RunStatus.OK, "sql": text})
         else:
             sys.stdout.write(text)
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from clerk_sync_cli.cli import app
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import BOTH_SCHEMAS, SECRET, Cli, rows
+from .support import BOTH_SCHEMAS, SECRET, Cli, rows
 
 COMMANDS = ["backfill", "diff", "sync", "status", "user", "init-db", "doctor"]
 

@@ -17,7 +17,7 @@ import pytest
 
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
-from .conftest import Cli, populate
+from .support import Cli, populate
 
 PAGE = ["--batch-size", "10", "--concurrency", "1"]
 T0 = 1_700_000_000_000

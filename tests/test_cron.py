@@ -22,7 +22,7 @@ import pytest
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from clerk_sync_cli.store import this_process
 
-from .conftest import BOTH_SCHEMAS, Cli, populate, rows
+from .support import BOTH_SCHEMAS, Cli, populate, rows
 
 ACTIONS = ["create", "update", "deactivate", "reactivate", "unchanged", "settings_missing"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import BOTH_SCHEMAS, Cli, rows
+from .support import BOTH_SCHEMAS, Cli, rows
 
 
 def stored(conn: psycopg.Connection[Any], clerk_id: str) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from psycopg import sql
 from clerk_sync_cli import ddl
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import BOTH_SCHEMAS, Cli, populate
 from .existing_project import (
     FIXTURES,
     SUPA_POSTGRES,
@@ -27,6 +26,7 @@ from .existing_project import (
     app_sign_in,
     role_dsn,
 )
+from .support import BOTH_SCHEMAS, Cli, populate
 
 EXISTING = pytest.mark.parametrize("db", ["existing"], indirect=True)
 APP_TRIGGER = "on_user_created_create_settings"

@@ -14,7 +14,7 @@ import psycopg
 
 from clerk_sync_cli.emulator import EmulatorConfig, start_emulator
 
-from .conftest import Cli
+from .support import Cli
 
 # A tiny parent, so the child's peak RSS is its own (on Linux a child's ru_maxrss starts at
 # its parent's, and pytest's is large).

@@ -9,7 +9,7 @@ import psycopg
 
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
-from .conftest import Cli
+from .support import Cli
 
 
 def test_429_and_5xx_are_retried_and_nobody_is_lost(cli: Cli, db: psycopg.Connection[Any]) -> None:

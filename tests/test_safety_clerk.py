@@ -22,7 +22,7 @@ from clerk_sync_cli.clerk import (
 from clerk_sync_cli.emulator import RunningEmulator
 from clerk_sync_cli.errors import ClerkUnavailableError
 
-from .conftest import SECRET, Cli, populate, rows
+from .support import SECRET, Cli, populate, rows
 
 
 class FakeTime:

@@ -23,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import BOTH_SCHEMAS, Cli, populate, rows
+from .support import BOTH_SCHEMAS, Cli, populate, rows
 
 
 def spawn(cli: Cli, *args: str, **env: str) -> subprocess.Popen[str]:

@@ -11,8 +11,8 @@ import pytest
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import Cli, populate
 from .front import NOT_FOUND_HTML, Route, front, user_lookup
+from .support import Cli, populate
 
 
 def html_404(target: str) -> Route:

@@ -18,7 +18,7 @@ from clerk_sync_cli.emulator import DEFAULT_SECRET_KEY, RunningEmulator
 from clerk_sync_cli.errors import ConfigError
 from clerk_sync_cli.settings import load_settings
 
-from .conftest import Cli, populate
+from .support import Cli, populate
 
 LIVE = "sk_live_" + "x" * 40
 

@@ -21,8 +21,8 @@ import pytest
 from clerk_sync_cli.clerk import MAX_BODY_BYTES
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
-from .conftest import Cli, populate
 from .front import Reply, front
+from .support import Cli, populate
 from .test_performance import SPAWN
 
 #: These runs peak at 60-75 MB here (the cap's 16 MiB included); the k8s recipe's limit is

@@ -13,7 +13,7 @@ import pytest
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import Cli
+from .support import Cli
 
 LIVE_KEY = "sk_live_" + "S3cr3tK3yMaterial" * 3
 

@@ -9,7 +9,7 @@ import pytest
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .conftest import BOTH_SCHEMAS, Cli, populate, rows
+from .support import BOTH_SCHEMAS, Cli, populate, rows
 
 ACTIONS = ["create", "update", "deactivate", "reactivate", "unchanged", "settings_missing"]
 

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from .conftest import Cli
+from .support import Cli
 
 
 def extension_installed(conn: psycopg.Connection[Any]) -> bool:

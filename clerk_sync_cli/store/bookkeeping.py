@@ -1,5 +1,5 @@
 """clerk-sync's own bookkeeping (schema ``clerk_sync``): what is there, and the versioned
-migrations that bring it up to date. Database side, like :mod:`clerk_sync_cli.store`.
+migrations that bring it up to date. Database side, like the rest of :mod:`clerk_sync_cli.store`.
 
 No separate setup step: the first writing run that needs the schema creates it
 (:func:`migrate`), in one transaction under a transaction-scoped advisory lock, so two runs
@@ -11,14 +11,11 @@ create nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
 
 from clerk_sync_cli import ddl
 from clerk_sync_cli.errors import SchemaError
+from clerk_sync_cli.store.connection import Cursor
 
-Cursor = psycopg.Cursor[Any]
 SCHEMA = "clerk_sync"
 #: pg_advisory_xact_lock key of the migrations ("clerk-sy" as 8 bytes)
 MIGRATION_LOCK = int.from_bytes(b"clerk-sy", "big")
