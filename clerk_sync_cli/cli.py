@@ -35,7 +35,6 @@ from clerk_sync_cli.emulator import (
     DEFAULT_SECRET_KEY,
     EmulatorConfig,
     resolve_rate_limit,
-    serve,
 )
 from clerk_sync_cli.errors import ClerkSyncError, ConfigError, ExitCode
 from clerk_sync_cli.init_db import init_db as run_init_db
@@ -720,6 +719,8 @@ def emulator(
     Where Clerk's docs leave an answer open (--cursor-ties, --deleted-cursor, --unstable-ties)
     the default is one plausible reading; the others let a client be tested against each.
     """
+    from clerk_sync_cli.emulator.server import serve  # not loaded by the other commands
+
     reporter = Reporter()
     with handle_errors(reporter, "emulator"):
         source = ctx.get_parameter_source("secret_key")
