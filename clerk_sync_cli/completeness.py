@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clerk_sync_cli.apply import Failure
-from clerk_sync_cli.clerk import ClerkClient, Window
+from clerk_sync_cli.clerk import ClerkClient, Window, at_ms, sweep
 from clerk_sync_cli.pages import Prepared, prepare, write_page
 from clerk_sync_cli.run import Completeness, RunState
 
@@ -89,6 +89,6 @@ def recover(run: RunState, marks: WalkMarks) -> int:
 
 def _recovery_pages(client: ClerkClient, marks: WalkMarks, limit: int) -> Iterator[list[Any]]:
     for ms in sorted(marks.boundaries):
-        yield from client.at_ms(ms, limit=limit)
+        yield from at_ms(client, ms, limit=limit)
     for window, start in marks.ends.values():
-        yield from client.sweep(start, window.before, limit=limit)
+        yield from sweep(client, start, window.before, limit=limit)

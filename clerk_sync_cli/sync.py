@@ -18,7 +18,16 @@ import time
 from dataclasses import replace
 
 from clerk_sync_cli.apply import Failure, Target
-from clerk_sync_cli.clerk import ClerkClient, Page, Window, both, split_windows, walk_concurrently
+from clerk_sync_cli.clerk import (
+    ClerkClient,
+    Page,
+    Window,
+    both,
+    created_at_range,
+    split_windows,
+    walk_concurrently,
+    walk_recent,
+)
 from clerk_sync_cli.completeness import WalkMarks, account_for_everyone
 from clerk_sync_cli.deletions import deactivate_missing, incomplete_listing
 from clerk_sync_cli.errors import (
@@ -229,8 +238,11 @@ def _walk_recent(run: RunState) -> tuple[bool, bool]:
     and whether every page could be read exactly (see :meth:`ClerkClient.walk_recent`)."""
     assert run.result.since_ms is not None
     reached, exact = False, True
-    pages = run.client.walk_recent(
-        run.result.since_ms, limit=run.options.page_size, max_pages=run.options.max_recent_pages
+    pages = walk_recent(
+        run.client,
+        run.result.since_ms,
+        limit=run.options.page_size,
+        max_pages=run.options.max_recent_pages,
     )
     for page in pages:
         run.result.pages += 1
@@ -280,7 +292,7 @@ def _plan_windows(run: RunState) -> list[Window]:
     wanted = min(2 * options.concurrency, run.listed_before // (2 * options.page_size))
     if options.concurrency <= 1 or wanted <= 1:
         return [Window(0)]
-    span = run.client.created_at_range()
+    span = created_at_range(run.client)
     return [Window(0)] if span is None else split_windows(span[0], span[1], wanted)
 
 

@@ -14,10 +14,13 @@ from pydantic import SecretStr
 
 from clerk_sync_cli.clerk import (
     ClerkClient,
+    Page,
     RateLimiter,
     RetryPolicy,
+    Window,
     default_max_rps,
     retry_after_seconds,
+    walk_concurrently,
 )
 from clerk_sync_cli.emulator import RunningEmulator
 from clerk_sync_cli.errors import ClerkUnavailableError
@@ -31,10 +34,12 @@ class FakeTime:
     def __init__(self) -> None:
         self.now = 0.0
         self.sleeps: list[float] = []
+        self._lock = threading.Lock()  # threads sleeping at once each move the clock
 
     def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 3))
-        self.now += seconds
+        with self._lock:
+            self.sleeps.append(round(seconds, 3))
+            self.now += seconds
 
 
 def client_for(emulator: RunningEmulator, time: FakeTime, **policy: Any) -> ClerkClient:
@@ -286,13 +291,37 @@ def test_offset_fallback_when_the_cursor_is_refused(
 
 
 def test_concurrent_workers_share_one_limiter(emulator: RunningEmulator) -> None:
-    populate(emulator, 5)
+    """The walkers of a concurrent walk draw on the client's one bucket: 4 walkers at 2
+    requests/s make 2 a second between them, not 2 each. The clock moves only when the
+    limiter sleeps, so the pace is counted, not timed."""
+    populate(emulator, 12)
+    time = FakeTime()
+    rate, walkers = 2.0, 4
+    limiter = RateLimiter(rate, clock=lambda: time.now, sleep=time.sleep)
     client = ClerkClient(
-        httpx.Client(timeout=10), emulator.base_url, SecretStr(SECRET), max_rps=1000
+        httpx.Client(timeout=10),
+        emulator.base_url,
+        SecretStr(SECRET),
+        sleep=time.sleep,
+        limiter=limiter,
     )
-    threads = [threading.Thread(target=client.count_users) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert client.requests == 8
+    together = threading.Barrier(walkers, timeout=10)
+    seen: set[str] = set()
+    seen_lock = threading.Lock()
+
+    def prepare(page: Page) -> int:  # runs in the walker that read the page
+        with seen_lock:
+            first = threading.current_thread().name not in seen
+            seen.add(threading.current_thread().name)
+        if first:  # no walker goes on before all are under way: each walks its own window
+            together.wait()
+        return 1
+
+    windows: list[tuple[Window, str | None]] = [(Window(n), None) for n in range(walkers)]
+    pages = sum(walk_concurrently(client, windows, concurrency=walkers, prepare=prepare, limit=2))
+    assert len(seen) == walkers
+    assert pages == walkers * 7 == client.requests  # each: 6 pages of 2 users, 1 short one
+    # One bucket lets `capacity` through at once, then `rate` a second, whoever asks: 13 s
+    # for 28 requests. A bucket per walker would let each walker's burst through, 4 times
+    # the pace: at most (28 - 4 * 2) / 2 = 10 s.
+    assert time.now >= (pages - limiter.capacity) / rate

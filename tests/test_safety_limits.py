@@ -191,12 +191,12 @@ def test_the_bodies_a_client_holds_at_once_are_bounded_and_always_given_back(
             retry=RetryPolicy(attempts=2, backoff_base=0.01),
         )
         assert client.count_users() == 40
-        assert len(client._list({"limit": 40})) == 40
+        assert len(client.list_users({"limit": 40})) == 40
         assert client.get_user("user_missing") is None  # Clerk's own 404
         assert client.budget.used == 0
         client.budget = ByteBudget(total=4096)  # less than one page of 40 users
         with pytest.raises(ClerkUnavailableError, match="answers in flight passed"):
-            client._list({"limit": 40})
+            client.list_users({"limit": 40})
         assert client.budget.used == 0
         assert client.count_users() == 40  # small answers still fit
         wrong = ClerkClient(http, emulator.base_url, SecretStr("sk_test_wrong"))

@@ -10,10 +10,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from clerk_sync_cli.clerk import Window
 from clerk_sync_cli.errors import LockHeldError
 from clerk_sync_cli.states import RunStatus
 from clerk_sync_cli.store import Store, bookkeeping, checkpoints, connect, lock, runs
+from clerk_sync_cli.windows import Window
 
 from .support import rows
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from clerk_sync_cli.clerk import Window
 from clerk_sync_cli.store.connection import Cursor, one
+from clerk_sync_cli.windows import Window
 
 
 def save_windows(cur: Cursor, run_id: int, windows: Sequence[Window]) -> None:

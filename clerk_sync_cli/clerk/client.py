@@ -1,4 +1,5 @@
-"""Clerk Backend API client: auth, pacing, retries, paging. The only module that speaks HTTP.
+"""Clerk Backend API client: auth, requests, answers, retries, bounded bodies. The only module
+that speaks HTTP; pacing is :mod:`.pacing`'s, walking the list :mod:`.walking`'s.
 
 Responses are classified where they arrive: 429, 5xx, timeouts, dropped connections and
 truncated bodies are retriable; 401/403 and other 4xx are not. Retrying happens in one place
@@ -10,21 +11,21 @@ refused; both are protocol errors, retried, then the run fails closed. Only Cler
 user is gone: a 404 counts as "no such user" only with Clerk's own error body
 (``resource_not_found``), and callers check the path with a user Clerk lists
 (:meth:`ClerkClient.verify_lookup`) before they trust one.
+
+The key never leaves in a message: the client registers it with :mod:`clerk_sync_cli.scrub`
+(as loading the settings does), through which every error message passes.
 """
 
 from __future__ import annotations
 
-import queue
 import random
 import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -39,6 +40,7 @@ from tenacity import (
 )
 
 from clerk_sync_cli import __version__
+from clerk_sync_cli.clerk.pacing import RateLimiter, default_max_rps, retry_after_seconds
 from clerk_sync_cli.errors import (
     ClerkAuthError,
     ClerkDataError,
@@ -47,13 +49,9 @@ from clerk_sync_cli.errors import (
     RetriableError,
     UnconfirmedError,
 )
+from clerk_sync_cli.scrub import register
 from clerk_sync_cli.settings import key_kind
 
-T = TypeVar("T")
-A = TypeVar("A")
-B = TypeVar("B")
-PAGE_LIMIT = 500  # Clerk's maximum page size
-RATE_LIMITS = {"sk_live_": 1000, "sk_test_": 100}  # requests per 10 s, per instance
 #: Pages parsed at once. Parsing holds the GIL, so more parsers only hold more parsed pages
 #: (~2 MB each) in memory and in the way of the database thread; the requests themselves
 #: stay as concurrent as --concurrency says.
@@ -96,71 +94,6 @@ class RetryPolicy:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     retry_after_cap: float = 60.0
-
-
-def default_max_rps(secret_key: SecretStr) -> float:
-    """A pace safely under the instance's limit, inferred from the key's prefix."""
-    value = secret_key.get_secret_value()
-    per_10s = next((n for p, n in RATE_LIMITS.items() if value.startswith(p)), 100)
-    return per_10s / 10 * 0.9
-
-
-class RateLimiter:
-    """A token bucket shared by every request of a run, retries included.
-
-    ``cool_down`` stops everyone until a server-given time, so one 429 pauses all workers.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.rate = rate
-        self._sleep = sleep
-        self.capacity = max(1.0, rate)  # at most one second's worth in a burst
-        self._tokens = self.capacity
-        self._clock = clock
-        self._stamp = clock()
-        self._resume_at = 0.0
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        while True:
-            with self._lock:
-                now = self._clock()
-                self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-                self._stamp = now
-                wait = max(self._resume_at - now, 0.0)
-                if wait == 0.0 and self._tokens >= 1.0 - 1e-9:  # tolerate float rounding
-                    self._tokens = max(0.0, self._tokens - 1.0)
-                    return
-                if wait == 0.0:
-                    wait = (1.0 - self._tokens) / self.rate
-            self._sleep(wait)
-
-    def cool_down(self, seconds: float) -> None:
-        with self._lock:
-            self._resume_at = max(self._resume_at, self._clock() + seconds)
-            self._tokens = 0.0
-
-
-def retry_after_seconds(header: str | None, *, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds: an integer, or an HTTP date."""
-    if not header:
-        return None
-    header = header.strip()
-    if header.isdigit():
-        return float(header)
-    try:
-        when = parsedate_to_datetime(header)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _clerk_message(status: int, body: bytes) -> str:
@@ -207,134 +140,6 @@ def _user_path(user_id: str) -> str:
     return f"/users/{segment}"
 
 
-@dataclass(frozen=True)
-class Window:
-    """A slice of the list by ``created_at`` (ms): strictly after ``after``, strictly before
-    ``before``; None is open-ended. Neighbouring windows overlap by a millisecond so that the
-    whole list is covered whether Clerk's bounds are inclusive or exclusive."""
-
-    no: int
-    after: int | None = None
-    before: int | None = None
-
-    def params(self) -> dict[str, int]:
-        params = {}
-        if self.after is not None:
-            params["created_at_after"] = self.after
-        if self.before is not None:
-            params["created_at_before"] = self.before
-        return params
-
-
-def split_windows(oldest: int, newest: int, count: int) -> list[Window]:
-    """``count`` windows of equal time span covering every ``created_at``, the first open
-    below and the last open above (so sign-ups during the walk land in it)."""
-    count = max(1, min(count, newest - oldest))
-    bounds = [oldest + (newest - oldest) * k // count for k in range(1, count)]
-    lows: list[int | None] = [None, *(b - 1 for b in bounds)]
-    highs: list[int | None] = [*bounds, None]
-    return [Window(n, lo, hi) for n, (lo, hi) in enumerate(zip(lows, highs, strict=True))]
-
-
-@dataclass(frozen=True)
-class Page:
-    window: Window
-    users: list[Any]
-    cursor: str | None  # the last user id: where the walk resumes after this page
-    last: bool  # the window is exhausted
-
-
-@dataclass(frozen=True)
-class RecentPage:
-    """A page of the newest-changed-first walk (:meth:`ClerkClient.walk_recent`)."""
-
-    users: list[Any]
-    offset: int
-    done: bool  # reached below the watermark, or the end of the list
-    exact: bool = True  # False: a page of one updated_at from end to end, ties unknowable
-
-
-def both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
-    """Two independent requests at once: with Clerk's ~300 ms a request, the metadata a run
-    starts with costs two waits instead of four. The rate limiter paces them as any other."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clerk-meta") as pool:
-        later = pool.submit(second)
-        return first(), later.result()
-
-
-def walk_concurrently(
-    client: ClerkClient,
-    windows: Sequence[tuple[Window, str | None]],
-    *,
-    concurrency: int,
-    prepare: Callable[[Page], T],
-    limit: int = PAGE_LIMIT,
-) -> Iterator[T]:
-    """Walk several windows at once, each from its cursor, yielding ``prepare(page)`` as
-    pages arrive (in order within a window). ``prepare`` runs in the worker, so what waits in
-    the queue (a few items) is its compact result, not a page of raw users.
-    The client's rate limiter paces every worker together. The first error stops the walk."""
-    if concurrency <= 1 or len(windows) <= 1:
-        for window, cursor in windows:
-            for page in client.walk(window, cursor, limit=limit):
-                yield prepare(page)
-        return
-    # a few prepared pages ahead are enough to keep the consumer busy; each walker waiting to
-    # queue one holds one more, so memory grows with --concurrency only by that much
-    pages: queue.Queue[T | BaseException | None] = queue.Queue(maxsize=min(concurrency, 4))
-    todo: queue.SimpleQueue[tuple[Window, str | None]] = queue.SimpleQueue()
-    for item in windows:
-        todo.put(item)
-    stop = threading.Event()
-
-    def offer(item: T | BaseException | None) -> bool:
-        while not stop.is_set():
-            try:
-                pages.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def worker() -> None:
-        try:
-            while not stop.is_set():
-                try:
-                    window, cursor = todo.get_nowait()
-                except queue.Empty:
-                    break
-                for page in client.walk(window, cursor, limit=limit):
-                    prepared = prepare(page)
-                    del page  # only the prepared page waits for the queue, not the parsed one
-                    if not offer(prepared):
-                        return
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            offer(exc)
-        finally:
-            offer(None)
-
-    workers = [
-        threading.Thread(target=worker, name=f"clerk-walk-{n}", daemon=True)
-        for n in range(min(concurrency, len(windows)))
-    ]
-    for thread in workers:
-        thread.start()
-    running = len(workers)
-    try:
-        while running:
-            arrived = pages.get()
-            if arrived is None:
-                running -= 1
-            elif isinstance(arrived, BaseException):
-                raise arrived
-            else:
-                yield arrived
-    finally:
-        stop.set()
-        for thread in workers:
-            thread.join(timeout=5)
-
-
 class ClerkClient:
     """Talks to ``base_url`` (e.g. ``https://api.clerk.com/v1``) with one secret key."""
 
@@ -353,11 +158,12 @@ class ClerkClient:
         self._base = base_url.rstrip("/")
         self._key = secret_key
         self._kind = key_kind(secret_key)
+        register(secret_key.get_secret_value())  # a client made in a test scrubs it too
         self.limiter = limiter or RateLimiter(max_rps or default_max_rps(secret_key), sleep=sleep)
         self._retry = retry
         self._sleep = sleep
         self.requests = 0
-        self.offset_fallbacks = 0
+        self.offset_fallbacks = 0  # windows a walk read by offset, the cursor refused (walking)
         self._count_lock = threading.Lock()
         self._parsing = threading.BoundedSemaphore(PARSERS)
         self.budget = ByteBudget()
@@ -414,184 +220,13 @@ class ClerkClient:
 
     def other_user_id(self, user_id: str) -> str | None:
         """A user Clerk lists other than ``user_id`` (the newest one), or None."""
-        page = self._list({"limit": 1})
+        page = self.list_users({"limit": 1})
         first = page[0].get("id") if page and isinstance(page[0], dict) else None
         return first if isinstance(first, str) and first and first != user_id else None
 
-    def created_at_range(self) -> tuple[int, int] | None:
-        """(oldest, newest) ``created_at`` in ms, or None when there are no users."""
-        oldest, newest = both(lambda: self._end("+created_at"), lambda: self._end("-created_at"))
-        return None if oldest is None or newest is None else (oldest, newest)
-
-    def _end(self, order: str) -> int | None:
-        page = self._get_json("/users", {"limit": 1, "order_by": order}, max_items=1)
-        if not isinstance(page, list):
-            raise ClerkDataError("Clerk's user list is not a JSON array; stopping.")
-        if not page:
-            return None
-        created = page[0].get("created_at") if isinstance(page[0], dict) else None
-        if not isinstance(created, int):
-            raise ClerkDataError("A user has no numeric created_at; cannot split the walk.")
-        return created
-
-    def walk(
-        self, window: Window, cursor: str | None = None, *, limit: int = PAGE_LIMIT
-    ) -> Iterator[Page]:
-        """Every user of ``window`` in ``+created_at`` order, a page at a time, walked with the
-        ``starting_after`` cursor from ``cursor``. Ends with a page marked ``last``, the first
-        one shorter than ``limit``.
-
-        If Clerk refuses a cursor (its user was deleted mid-walk, say), the walk steps back to
-        the previous user of the page and re-reads the overlap (callers deduplicate). If no
-        cursor is accepted, it falls back to offset paging for the rest of the window.
-        """
-        params: dict[str, Any] = {"limit": limit, "order_by": "+created_at", **window.params()}
-        fallbacks: list[str] = [cursor] if cursor else []
-        offset: int | None = None
-        served = 0
-        while True:
-            if offset is not None:
-                page = self._list({**params, "offset": offset})
-            elif fallbacks:
-                try:
-                    page = self._list({**params, "starting_after": fallbacks[-1]})
-                except ClerkRequestError:
-                    fallbacks.pop()
-                    if not fallbacks:
-                        self.offset_fallbacks += 1
-                        offset = served
-                    continue
-            else:
-                page = self._list(params)
-            served += len(page)
-            if offset is not None:
-                offset += len(page)
-            ids = [u.get("id") for u in page if isinstance(u, dict)]
-            usable = [i for i in ids if isinstance(i, str) and i]
-            last = len(page) < limit
-            if not last and not usable:
-                raise ClerkDataError("A full page of users has no ids; cannot page on.")
-            if not last and fallbacks and usable[-1] == fallbacks[-1]:
-                raise ClerkDataError("Loop detected in pagination: Clerk returned a page twice.")
-            cursor = usable[-1] if usable else (fallbacks[-1] if fallbacks else None)
-            fallbacks = usable[-8:]  # where to step back to if the cursor user disappears
-            # Hand the parsed page (~2 MB of objects) over without keeping it in this frame:
-            # a walker that waits to queue its page would otherwise hold two.
-            held = [page]
-            del page, ids, usable
-            yield Page(window, held.pop(), cursor, last)
-            if last:
-                return
-
-    def at_ms(self, ms: int, *, limit: int = PAGE_LIMIT) -> Iterator[list[Any]]:
-        """Every user created in millisecond ``ms``, by ``created_at`` filters alone, whatever
-        the cursor does with users that share a millisecond (Clerk does not say). The bounds
-        reach a millisecond either side, so the answer holds ``ms`` whether they are inclusive
-        or not (callers deduplicate). A millisecond of more than a page (an import) is paged by
-        offset, and read again until a whole pass finds no new id: its ties may come back in
-        another order between requests."""
-        params = {
-            "limit": limit,
-            "order_by": "+created_at",
-            "created_at_after": ms - 1,
-            "created_at_before": ms + 1,
-        }
-        known: set[str] = set()
-        for _ in range(3):
-            offset, fresh = 0, False
-            while True:
-                page = self._list({**params, "offset": offset} if offset else params)
-                ids = {u.get("id") for u in page if isinstance(u, dict)}
-                fresh = fresh or not ids <= known
-                known |= {i for i in ids if isinstance(i, str)}
-                yield page
-                if len(page) < limit:
-                    break
-                offset += len(page)
-            if offset == 0 or not fresh:
-                return  # one page held it all, or a whole pass found nothing new
-
-    def sweep(
-        self, start_ms: int, before: int | None, *, limit: int = PAGE_LIMIT
-    ) -> Iterator[list[Any]]:
-        """Every user created at or after ``start_ms`` (and before ``before``), by
-        ``created_at`` filters alone: for a window whose cursor walk may have ended early (a
-        deleted cursor answered ``200 []``, say). Each request starts at the newest
-        millisecond of the one before (re-read: it may go on past the page); a full page
-        within one millisecond is read whole with :meth:`at_ms`, then stepped past."""
-        low = start_ms
-        while True:
-            params: dict[str, Any] = {
-                "limit": limit,
-                "order_by": "+created_at",
-                "created_at_after": low - 1,
-            }
-            if before is not None:
-                params["created_at_before"] = before
-            page = self._list(params)
-            yield page
-            if len(page) < limit:
-                return
-            stamps = sorted(
-                {
-                    u["created_at"]
-                    for u in page
-                    if isinstance(u, dict) and isinstance(u.get("created_at"), int)
-                }
-            )
-            if not stamps:
-                raise ClerkDataError("A full page of users has no created_at; cannot page on.")
-            if stamps[-1] > low:
-                low = stamps[-1]
-            else:  # the page is all within low (or the millisecond below, if inclusive)
-                for ms in stamps:
-                    yield from self.at_ms(ms, limit=limit)
-                low += 1
-
-    def walk_recent(
-        self, since_ms: int, *, limit: int = PAGE_LIMIT, max_pages: int
-    ) -> Iterator[RecentPage]:
-        """Users newest change first, down to ``since_ms``: ``order_by=-updated_at`` paged by
-        ``offset`` (Clerk has no updated_at filter, and allows its cursor only with created_at
-        order). Ends with the first page that reaches below ``since_ms`` or ends the list
-        (``done``), or after ``max_pages`` pages (the last one then is not ``done``).
-
-        Offset paging over a list that changes under it: a user changed mid-walk jumps to the
-        front and pushes the users before it one place deeper, so a later page re-reads one
-        already read (callers deduplicate, see ``Store.see_and_compare``); the change itself is
-        read by the next run, whose watermark is never later than this run's start. A user
-        deleted mid-walk pulls the rest one place up, so one user may be skipped; a deletion
-        also lowers Clerk's count, which makes ``sync`` run the full reconcile. The overlap
-        callers subtract from their watermark covers clock skew and users sharing a ms.
-
-        Users sharing the page's oldest ``updated_at`` may come back in another order on the
-        next request (Clerk does not say how it breaks ties), so the next page starts where
-        that group starts, and reads it again whole. A group larger than a page cannot be
-        re-read that way: the page it goes on into is marked not ``exact`` (the caller then
-        trusts the walk no more than one cut short).
-        """
-        offset = 0
-        spanning: int | None = None  # the updated_at of a page that was one group throughout
-        for _ in range(max_pages):
-            users = self._list({"limit": limit, "order_by": "-updated_at", "offset": offset})
-            stamps = [u.get("updated_at") for u in users if isinstance(u, dict)]
-            times = [t for t in stamps if isinstance(t, int) and not isinstance(t, bool)]
-            if len(users) >= limit and not times:
-                raise ClerkDataError(
-                    "A full page of users has no updated_at; cannot tell how far back to read."
-                )
-            done = len(users) < limit or min(times) < since_ms
-            # the group before went on into this page: it was larger than a page
-            exact = spanning is None or spanning not in times
-            tied = sum(1 for t in stamps if t == min(times)) if times else 0
-            yield RecentPage(users, offset, done, exact)
-            if done:
-                return
-            whole = tied >= len(users)  # one group throughout: cannot be re-read from its start
-            spanning = min(times) if whole else None
-            offset += len(users) if whole else len(users) - tied
-
-    def _list(self, params: dict[str, Any]) -> list[Any]:
+    def list_users(self, params: dict[str, Any]) -> list[Any]:
+        """One page of ``GET /users`` with ``params`` (``limit`` among them): a list of at
+        most ``limit`` users, or a protocol error."""
         page = self._get_json("/users", params, max_items=int(params["limit"]))
         if not isinstance(page, list):
             raise ClerkDataError(
@@ -719,7 +354,7 @@ class ClerkClient:
             )
         if status >= 400:
             raise ClerkRequestError(
-                f"Clerk refused {method} {path}: HTTP {status} {self._scrub(_clerk_message(status, body))}",
+                f"Clerk refused {method} {path}: HTTP {status} {_clerk_message(status, body)}",
                 "Check CLERK_API_URL points at the Backend API (https://api.clerk.com/v1).",
             )
         try:
@@ -732,10 +367,6 @@ class ClerkClient:
                 f"{method} {path} answered {len(parsed)} users for a page of at most {max_items}"
             )
         return parsed
-
-    def _scrub(self, text: str) -> str:
-        secret = self._key.get_secret_value()
-        return text.replace(secret, self._kind) if secret else text
 
 
 def _read_capped(response: httpx.Response, what: str, budget: ByteBudget) -> bytes:
