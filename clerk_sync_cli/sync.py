@@ -235,7 +235,7 @@ def _counts_after_recent(run: RunState) -> Counts:
 def _walk_recent(run: RunState) -> tuple[bool, bool]:
     """Write the users changed since ``result.since_ms``, newest first, a page per unit of
     work. Returns whether the walk reached that far back (not stopped by the page limit),
-    and whether every page could be read exactly (see :meth:`ClerkClient.walk_recent`)."""
+    and whether every page could be read exactly (see :func:`clerk.walking.walk_recent`)."""
     assert run.result.since_ms is not None
     reached, exact = False, True
     pages = walk_recent(

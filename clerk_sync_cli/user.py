@@ -15,7 +15,7 @@ from clerk_sync_cli.clerk import ClerkClient
 from clerk_sync_cli.deletions import LOOKUP_HINT, lookup_problem
 from clerk_sync_cli.errors import ClerkSyncError, LockHeldError, UnconfirmedError
 from clerk_sync_cli.history import Instance
-from clerk_sync_cli.mapping import FieldWarning, RejectedUser, UserRow, map_user
+from clerk_sync_cli.mapping import FieldWarning, MappedUser, RejectedUser, UserRow, map_user
 from clerk_sync_cli.pinning import decide, record
 from clerk_sync_cli.plan import ACTIONS, Action, Change, plan_deactivation, plan_user
 from clerk_sync_cli.project import schema_info
@@ -120,8 +120,8 @@ def _write(
     if any(c.action is Action.DEACTIVATE for c in writes):
         store.atomic(lambda cur: deactivate(cur, target, writes), locked_by=lease)
     elif writes:
-        assert report.clerk is not None
-        mapped = map_user(report.clerk, target.schema.limits)
+        assert report.mapped is not None
+        mapped = MappedUser(report.mapped, tuple(report.warnings))  # as _look mapped it
         outcome = store.atomic(lambda cur: apply_users(cur, target, [mapped]), locked_by=lease)
         if outcome.failures:
             report.problem = outcome.failures[0].problem

@@ -15,11 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from pydantic import SecretStr
 
+from clerk_sync_cli.clerk import ClerkClient
 from clerk_sync_cli.embedded_postgres import embedded_postgres
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
@@ -70,6 +73,13 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def emulator() -> Iterator[RunningEmulator]:
     with start_emulator(EmulatorConfig(users=0, seed=7)) as running:
         yield running
+
+
+@pytest.fixture
+def client(emulator: RunningEmulator) -> Iterator[ClerkClient]:
+    """A Clerk client on the emulator, for tests that call the library as a program would."""
+    with httpx.Client(timeout=10) as http:
+        yield ClerkClient(http, emulator.base_url, SecretStr(SECRET))
 
 
 @pytest.fixture

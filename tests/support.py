@@ -4,6 +4,9 @@ emulator, reading rows back, and the two kinds of project every command is teste
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,3 +68,44 @@ def rows(
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
         cur.execute(query, params)  # type: ignore[arg-type]
         return list(cur.fetchall())
+
+
+# A tiny parent, so the child's peak RSS is its own (on Linux a child's ru_maxrss starts at
+# its parent's, and pytest's is large).
+SPAWN = (
+    "import resource, subprocess, sys\n"
+    "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+    "sys.stderr.write(done.stderr)\n"
+    "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "print(done.stdout)\n"
+)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has just exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def spawn(cli: Cli, *args: str, **env: str) -> subprocess.Popen[str]:
+    """clerk-sync as its own process, as cron runs it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "clerk_sync_cli", *args],
+        env={**os.environ, **cli.env, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def count(conn: psycopg.Connection[Any], query: str = "SELECT count(*) FROM users") -> int:
+    return int((conn.execute(query).fetchone() or (0,))[0])
+
+
+def heartbeat_age(conn: psycopg.Connection[Any]) -> float:
+    found = conn.execute(
+        "SELECT extract(epoch FROM now() - heartbeat_at) FROM clerk_sync.locks"
+    ).fetchone()
+    assert found is not None, "no lock row"
+    return float(found[0])

@@ -67,6 +67,7 @@ def test_without_the_demo_extra_demo_says_what_to_install(tmp_path: Path) -> Non
     done = _python(env, "-m", "clerk_sync_cli", "demo")
     assert done.returncode == ExitCode.CONFIG, done.stdout + done.stderr
     assert done.stderr.splitlines() == [f"error: {MISSING}"]  # one line, no traceback
+    assert "Starting" not in done.stdout, done.stdout  # no step is announced before the error
     assert "pip install 'clerk-sync[demo]'" in MISSING
 
     done = _python(env, "-m", "clerk_sync_cli", "demo", "--json")

@@ -14,17 +14,7 @@ import psycopg
 
 from clerk_sync_cli.emulator import EmulatorConfig, start_emulator
 
-from .support import Cli
-
-# A tiny parent, so the child's peak RSS is its own (on Linux a child's ru_maxrss starts at
-# its parent's, and pytest's is large).
-SPAWN = (
-    "import resource, subprocess, sys\n"
-    "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-    "sys.stderr.write(done.stderr)\n"
-    "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-    "print(done.stdout)\n"
-)
+from .support import SPAWN, Cli
 
 
 def peak_rss_mb(cli: Cli, url: str, *args: str) -> tuple[float, dict[str, Any]]:

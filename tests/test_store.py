@@ -4,18 +4,23 @@ else is tested through the commands."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
 import pytest
 
+from clerk_sync_cli.clerk import ClerkClient
+from clerk_sync_cli.emulator import RunningEmulator
 from clerk_sync_cli.errors import LockHeldError
+from clerk_sync_cli.plan import Action, Change
 from clerk_sync_cli.states import RunStatus
 from clerk_sync_cli.store import Store, bookkeeping, checkpoints, connect, lock, runs
+from clerk_sync_cli.sync import SyncOptions, reconcile
 from clerk_sync_cli.windows import Window
 
-from .support import rows
+from .support import Cli, heartbeat_age, populate, rows
 
 
 def open_store(dsn: str) -> Store:
@@ -102,3 +107,41 @@ def test_a_takeover_fails_when_the_holder_is_heard_from_between_its_read_and_its
             lock.acquire(b, b.run(runs.start, "sync", dry_run=False), stale_after_s=600)
         lock.touch(a, lease)  # still its own
     assert db.execute("SELECT token FROM clerk_sync.locks").fetchall() == [(lease.token,)]
+
+
+# -- the lease while a run waits for a human -------------------------------------------------
+
+
+def test_the_lease_stays_fresh_while_the_deactivation_prompt_waits(
+    cli: Cli,
+    emulator: RunningEmulator,
+    db: psycopg.Connection[Any],
+    dsn: str,
+    client: ClerkClient,
+) -> None:
+    users = populate(emulator, 40)
+    assert cli("backfill").exit_code == 0
+    for user in users[:2]:
+        emulator.emulator.delete_user(user["id"])
+    ages: list[float] = []
+    takeover: list[BaseException] = []
+
+    def slow_human(changes: Sequence[Change]) -> bool:
+        waited_until = time.monotonic() + 1.6  # past the stale limit below
+        while time.monotonic() < waited_until:
+            ages.append(heartbeat_age(db))
+            time.sleep(0.05)
+        with open_store(dsn) as other:
+            try:
+                lock.acquire(other, other.run(runs.start, "diff", dry_run=False), stale_after_s=1.0)
+            except LockHeldError as exc:
+                takeover.append(exc)
+        return True
+
+    options = SyncOptions(command="diff", deactivate=True, concurrency=1, stale_after_s=1.0)
+    with open_store(dsn) as store:
+        result = reconcile(client, store, options, confirm=slow_human)
+    assert max(ages) < 1.0, ages
+    assert takeover, "another run took the lock over while the prompt waited"
+    assert result.status == "ok"
+    assert result.applied[Action.DEACTIVATE] == 2

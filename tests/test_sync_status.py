@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +20,7 @@ import pytest
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from clerk_sync_cli.store import this_process
 
-from .support import BOTH_SCHEMAS, Cli, populate, rows
+from .support import BOTH_SCHEMAS, Cli, dead_pid, populate, rows
 
 ACTIONS = ["create", "update", "deactivate", "reactivate", "unchanged", "settings_missing"]
 
@@ -38,13 +36,6 @@ def watermark(db: psycopg.Connection[Any]) -> int:
     ).fetchone()
     assert found is not None
     return int(found[0])
-
-
-def dead_pid() -> int:
-    """The pid of a process that has just exited."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
 
 
 # -- sync: the watermark walk --------------------------------------------------------------------

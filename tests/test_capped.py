@@ -22,8 +22,7 @@ from clerk_sync_cli.clerk import MAX_BODY_BYTES
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
 from .front import Reply, front
-from .support import Cli, populate
-from .test_performance import SPAWN
+from .support import SPAWN, Cli, populate
 
 #: These runs peak at 60-75 MB here (the cap's 16 MiB included); the k8s recipe's limit is
 #: 512 MiB and the target under 250 MB. A 50 MB page read whole and parsed adds >100 MB.

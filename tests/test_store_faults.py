@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,23 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .support import BOTH_SCHEMAS, Cli, populate, rows
-
-
-def spawn(cli: Cli, *args: str, **env: str) -> subprocess.Popen[str]:
-    """clerk-sync as its own process, as cron runs it."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "clerk_sync_cli", *args],
-        env={**os.environ, **cli.env, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def count(conn: psycopg.Connection[Any], query: str = "SELECT count(*) FROM users") -> int:
-    return int((conn.execute(query).fetchone() or (0,))[0])
-
+from .support import BOTH_SCHEMAS, Cli, count, populate, rows, spawn
 
 # -- crashes and dropped connections ----------------------------------------------------------------
 

@@ -8,25 +8,19 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
-from pydantic import SecretStr
 
 from clerk_sync_cli.clerk import ClerkClient
 from clerk_sync_cli.emulator import RunningEmulator
-from clerk_sync_cli.errors import LockHeldError
 from clerk_sync_cli.history import Origin
-from clerk_sync_cli.plan import Action, Change
-from clerk_sync_cli.store import Store, connect, lock, process_alive, runs, this_process
+from clerk_sync_cli.plan import Action
+from clerk_sync_cli.store import Store, connect, process_alive, this_process
 from clerk_sync_cli.sync import SyncOptions, reconcile
 
-from .support import SECRET, Cli, populate, rows
-from .test_cron import dead_pid
-from .test_safety_db import count, spawn
+from .support import Cli, count, dead_pid, heartbeat_age, populate, rows, spawn
 
 HERE = this_process()
 KNOWN = pytest.mark.skipif(
@@ -37,20 +31,6 @@ KNOWN = pytest.mark.skipif(
 
 def open_store(dsn: str) -> Store:
     return Store(lambda: connect(dsn))
-
-
-@pytest.fixture
-def client(emulator: RunningEmulator) -> Iterator[ClerkClient]:
-    with httpx.Client(timeout=10) as http:
-        yield ClerkClient(http, emulator.base_url, SecretStr(SECRET))
-
-
-def heartbeat_age(conn: psycopg.Connection[Any]) -> float:
-    found = conn.execute(
-        "SELECT extract(epoch FROM now() - heartbeat_at) FROM clerk_sync.locks"
-    ).fetchone()
-    assert found is not None, "no lock row"
-    return float(found[0])
 
 
 def hold_lock(
@@ -276,41 +256,6 @@ def test_user_apply_takes_the_lock_like_any_writing_run(
 
 
 # -- nothing lets the heartbeat go stale ----------------------------------------------------------
-
-
-def test_the_lease_stays_fresh_while_the_deactivation_prompt_waits(
-    cli: Cli,
-    emulator: RunningEmulator,
-    db: psycopg.Connection[Any],
-    dsn: str,
-    client: ClerkClient,
-) -> None:
-    users = populate(emulator, 40)
-    assert cli("backfill").exit_code == 0
-    for user in users[:2]:
-        emulator.emulator.delete_user(user["id"])
-    ages: list[float] = []
-    takeover: list[BaseException] = []
-
-    def slow_human(changes: Sequence[Change]) -> bool:
-        waited_until = time.monotonic() + 1.6  # past the stale limit below
-        while time.monotonic() < waited_until:
-            ages.append(heartbeat_age(db))
-            time.sleep(0.05)
-        with open_store(dsn) as other:
-            try:
-                lock.acquire(other, other.run(runs.start, "diff", dry_run=False), stale_after_s=1.0)
-            except LockHeldError as exc:
-                takeover.append(exc)
-        return True
-
-    options = SyncOptions(command="diff", deactivate=True, concurrency=1, stale_after_s=1.0)
-    with open_store(dsn) as store:
-        result = reconcile(client, store, options, confirm=slow_human)
-    assert max(ages) < 1.0, ages
-    assert takeover, "another run took the lock over while the prompt waited"
-    assert result.status == "ok"
-    assert result.applied[Action.DEACTIVATE] == 2
 
 
 def test_slow_confirmation_lookups_refresh_the_lease_in_time(
