@@ -50,6 +50,9 @@ class UserRow:
     profile_image_url: str | None
     is_active: bool
     created_at: datetime | None
+    #: Clerk's ``updated_at`` (ms) of this version of the user: not a column of ``users``, but
+    #: what orders versions arriving by different ways (:mod:`clerk_sync_cli.store.versions`).
+    version: int | None = None
 
     def value(self, name: str) -> Any:
         return getattr(self, name)
@@ -120,8 +123,11 @@ def map_user(raw: Any, limits: ColumnLimits = ColumnLimits()) -> MappedUser | Re
     if created_at is None and created is not None:
         warnings.append(FieldWarning(user_id, "created_at", "not a millisecond timestamp"))
 
+    updated = raw.get("updated_at")
+    version = updated if type(updated) is int else None  # no order to keep: never refused
+
     email, first_name, last_name, image = values
-    row = UserRow(user_id, email, first_name, last_name, image, not banned, created_at)
+    row = UserRow(user_id, email, first_name, last_name, image, not banned, created_at, version)
     return MappedUser(row, tuple(warnings))
 
 

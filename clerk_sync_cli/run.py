@@ -20,6 +20,7 @@ from clerk_sync_cli.plan import ACTIONS, Action, Change, DbUser, DeactivationGua
 from clerk_sync_cli.states import RunStatus, SyncMode
 from clerk_sync_cli.store import Lease, Store, checkpoints, users
 from clerk_sync_cli.store.bookkeeping import Bookkeeping
+from clerk_sync_cli.store.versions import Refusal
 
 #: Windows of the list walked at once, all under the one --max-rps pace. At Clerk's ~300 ms a
 #: page, 16 in flight make ~50 requests/s: more than half a production key's limit (100/s),
@@ -111,6 +112,9 @@ class SyncResult:
     baseline: Baseline | None = None  # after a full reconcile: table rows and Clerk's count
     watermark_ms: int | None = None  # recorded for the next sync
     previous_watermark_ms: int | None = None
+    #: users the version gate kept from being written, by why (a webhook was newer, or Clerk
+    #: deleted them since the walk read them)
+    gated: Counter[str] = field(default_factory=Counter)
 
     @property
     def full_needed(self) -> bool:
@@ -135,6 +139,22 @@ class SyncResult:
         self.failures.extend(outcome.failures)
         self.warnings.extend(outcome.warnings)
         self.walk_failures += len(outcome.failures)
+        self.gated.update(outcome.refused.values())
+
+    def gate_note(self) -> str | None:
+        """What the version gate kept from being written, worth a note at the end of a run."""
+        if not self.gated:
+            return None
+        stale, deleted = self.gated[Refusal.STALE], self.gated[Refusal.DELETED]
+        parts = []
+        if stale:
+            parts.append(f"{stale} already had a newer version (written by a webhook meanwhile)")
+        if deleted:
+            parts.append(
+                f"{deleted} were deleted in Clerk (a webhook or run said so; kept deactivated)"
+            )
+        verb = "Would not write" if self.dry_run else "Did not write"
+        return f"{verb} {sum(self.gated.values())} user(s) as read: " + "; ".join(parts) + "."
 
     def refuse(self, why: str) -> None:
         self.status, self.refusal = RunStatus.REFUSED, why

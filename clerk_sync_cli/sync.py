@@ -59,7 +59,7 @@ from clerk_sync_cli.run import (
     SyncResult,
 )
 from clerk_sync_cli.states import RunStatus, SyncMode
-from clerk_sync_cli.store import bookkeeping, checkpoints, lock, runs, schema, users
+from clerk_sync_cli.store import bookkeeping, checkpoints, lock, runs, schema, users, versions
 from clerk_sync_cli.store.connection import Store
 
 __all__ = ["DEFAULT_CONCURRENCY", "Failure", "SyncOptions", "SyncResult", "reconcile"]
@@ -110,7 +110,12 @@ def _look_at_the_table(
         client,
         store,
         options,
-        Target(store.tables, info, dry_run=options.dry_run),
+        Target(
+            store.tables,
+            info,
+            dry_run=options.dry_run,
+            gated=not options.dry_run or store.run(versions.exists),
+        ),
         result,
         progress,
         confirm,
@@ -339,6 +344,9 @@ def _end(run: RunState, started: float, error: BaseException | None = None) -> N
     else:
         if result.failures and result.status is RunStatus.OK:
             result.status = RunStatus.PARTIAL
+        gated = result.gate_note()
+        if gated:
+            run.note(gated)
         if run.store.reconnects:
             run.note(
                 f"The database connection was lost and re-opened {run.store.reconnects} time(s)."

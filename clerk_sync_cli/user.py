@@ -20,8 +20,14 @@ from clerk_sync_cli.pinning import decide, record
 from clerk_sync_cli.plan import ACTIONS, Action, Change, plan_deactivation, plan_user
 from clerk_sync_cli.project import schema_info
 from clerk_sync_cli.states import RunStatus
-from clerk_sync_cli.store import Lease, bookkeeping, lock, runs, schema, users
+from clerk_sync_cli.store import Lease, bookkeeping, lock, runs, schema, users, versions
 from clerk_sync_cli.store.connection import Store
+
+#: Why the version gate kept ``user --apply`` from writing.
+REFUSED = {
+    versions.Refusal.STALE: "not written: a newer version of this user was applied already",
+    versions.Refusal.DELETED: "not written: Clerk deleted this user (a webhook or run said so)",
+}
 
 
 @dataclass
@@ -52,7 +58,8 @@ def inspect_user(
 ) -> UserReport:
     """Clerk's record, the table row and the settings row, with the planned change.
     ``apply`` writes it as a writing run does: recorded as a ``user`` run, under the lock."""
-    target = Target(store.tables, schema_info(store.run(schema.read, store.tables), writing=apply))
+    info = schema_info(store.run(schema.read, store.tables), writing=apply)
+    target = Target(store.tables, info, gated=apply or store.run(versions.exists))
     instance = Instance.from_clerk(client.get_instance())
     decision = decide(
         store,
@@ -125,6 +132,8 @@ def _write(
         outcome = store.atomic(lambda cur: apply_users(cur, target, [mapped]), locked_by=lease)
         if outcome.failures:
             report.problem = outcome.failures[0].problem
+        elif outcome.refused:
+            report.problem = REFUSED[outcome.refused[report.clerk_id]]
     report.applied = bool(writes) and report.problem is None
 
 

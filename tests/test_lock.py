@@ -198,7 +198,7 @@ def test_status_and_doctor_read_bookkeeping_older_than_the_lease(
     db.execute("ALTER TABLE clerk_sync.locks DROP COLUMN token, DROP COLUMN boot_id")
     db.execute("ALTER TABLE clerk_sync.locks DROP COLUMN pid_ns")
     db.execute("ALTER TABLE clerk_sync.runs DROP COLUMN boot_id, DROP COLUMN pid_ns")
-    db.execute("DELETE FROM clerk_sync.migrations WHERE version = 5")
+    db.execute("DELETE FROM clerk_sync.migrations WHERE version >= 5")
     [(old,)] = db.execute(
         "INSERT INTO clerk_sync.runs (command, status, host, pid) "
         "VALUES ('sync', 'running', 'old-host', 1) RETURNING id"

@@ -29,6 +29,7 @@ ROW_TYPES = {
     **{name: "text" for name in SYNCED_FIELDS if name != "is_active"},
     "is_active": "boolean",
     "created_at": "timestamptz",
+    "version": "bigint",
 }
 
 
@@ -77,6 +78,7 @@ def see_and_compare(
     rows: Sequence[UserRow],
     *,
     can_read_settings: bool = True,
+    versions: bool = False,
 ) -> tuple[set[str], dict[str, DbUser | None]]:
     """Record ``rows``' users as seen by run ``run_id``, and compare them with the table,
     in one statement. Returns the clerk_ids seen before (by an earlier page: skip them),
@@ -86,10 +88,20 @@ def see_and_compare(
 
     The comparison is the upsert's own (``IS DISTINCT FROM`` over the synced fields), so
     what it passes over the upsert would not write; :func:`plan.plan_user` decides the
-    rest. Only the few rows that differ cross the wire and become Python objects."""
+    rest. Only the few rows that differ cross the wire and become Python objects.
+
+    ``versions`` (a writing call): also return the users whose Clerk version is not recorded
+    yet, is newer than the one recorded, or is tombstoned, for the version gate
+    (:mod:`~clerk_sync_cli.store.versions`) to record or refuse."""
     differs = sql.SQL(
         "x.clerk_id IS NULL OR NOT x.has_settings OR ({stored}) IS DISTINCT FROM ({listed})"
     ).format(stored=_fields("x."), listed=_fields("i."))
+    if versions:
+        differs = sql.SQL(
+            "{differs} OR NOT EXISTS (SELECT 1 FROM clerk_sync.user_versions v "
+            "WHERE v.clerk_id = i.clerk_id AND v.deleted_at IS NULL "
+            "AND (i.version IS NULL OR v.clerk_updated_at >= i.version))"
+        ).format(differs=differs)
     select = _select(tables, can_read_settings)
     if run_id is None:
         query = sql.SQL(
