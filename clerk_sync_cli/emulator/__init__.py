@@ -15,6 +15,9 @@ Quick start::
 
 or from a shell: ``clerk-sync emulator --users 100000 --port 8765``.
 
+With ``webhook_url`` set it also delivers signed webhooks for its own changes, as Clerk does
+through Svix (see "Webhooks" below).
+
 Clerk API (``/v1``; every request needs ``Authorization: Bearer <secret_key>``)
 -----------------------------------------------------------------------------
 Answers validate against the schemas of Clerk's OpenAPI spec (``bapi/2026-05-12.yml``: User,
@@ -81,8 +84,10 @@ Control API (``/_emulator``; same Bearer key; not rate limited, not delayed, nev
                                       deep_offset_ms_per_1000, rate_limit (int, null,
                                       "production" or "development"), fail_every,
                                       throttle_every, retry_after, truncate_every,
-                                      cursor_ties, deleted_cursor, unstable_ties
-``GET /_emulator/stats``              counters (see :meth:`Emulator.stats`)
+                                      cursor_ties, deleted_cursor, unstable_ties and the
+                                      webhook_* knobs (webhook_secret included: the
+                                      control API is where a generated one is read)
+``GET /_emulator/stats``              counters (see :meth:`Emulator.stats`), webhooks' too
 ``POST /_emulator/reset-stats``       zero the counters and the fault cadence counters
 ``GET /_emulator/edge-cases``         :meth:`Emulator.edge_case_ids`
 Unknown ids answer 404, invalid bodies 422, both in Clerk's error format.
@@ -118,6 +123,35 @@ so a client can be tested against each (``clerk-sync emulator --cursor-ties`` et
     a page boundary, as from a database without a unique tie-breaker. Each page is still one
     slice of a total order sorted by the field. Cursor pages keep id order.
 
+Webhooks (``EmulatorConfig`` fields, runtime-changeable like the faults)
+---------------------------------------------------------------------
+Every change through the mutators (and so the control API) becomes an event, POSTed to
+``webhook_url`` (None: off; any http(s) URL, any host) by one background sender thread, signed
+as Svix signs Clerk's (``svix-id``, ``svix-timestamp``, ``svix-signature``; see
+:mod:`clerk_sync_cli.signatures`) with ``webhook_secret`` (``whsec_…``; a random one is
+generated when a URL is set without one, readable at ``GET /_emulator/config``). The envelope
+is Clerk's: ``{"data", "object": "event", "type", "timestamp" (ms), "instance_id" (as
+/v1/instance), "event_attributes": {"http_request": {"client_ip": "", "user_agent": ""}}}``
+with ``type`` ``user.created``, ``user.updated`` (updates, bans, unbans) or ``user.deleted``;
+``data`` is the user as ``GET /v1/users/{id}`` renders it just after the change, for a deletion
+``{"object": "user", "id", "deleted": true}``. Each event has its own ``msg_`` id, kept by its
+retries and its duplicate. The URL and secret are those set when the event is emitted.
+
+``webhook_drop`` / ``webhook_duplicate`` (probabilities, 0..1)
+    An event is never delivered / is delivered twice (two independent deliveries).
+``webhook_reorder`` (bool)
+    An event may be held back (for up to 0.5 s) until the next one has been queued ahead of it.
+``webhook_delay_ms``
+    Before each event's first attempt.
+``webhook_retry`` (bool, default True) and ``webhook_retry_scale`` (default 1/1000)
+    A non-2xx answer, a connection error or no answer within 15 s is retried on Svix's
+    schedule (immediately, then 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h after each failure),
+    times the scale: about 100 s for the whole schedule by default.
+
+The drop / duplicate / hold decisions come from a generator seeded by ``seed``: the same
+changes misbehave the same way on every run. ``webhooks.wait_idle(timeout)`` waits until the
+queue is drained; stopping the emulator stops the sender and abandons what is pending.
+
 Python API
 ----------
 :class:`EmulatorConfig`, :class:`Emulator` (state + ``handle()``, no sockets; thread-safe),
@@ -126,6 +160,8 @@ Python API
 ``update_user``, ``ban_user``, ``unban_user``, ``delete_user``; readers: ``get_user``,
 ``user_ids``, ``count``, ``edge_case_ids``, ``stats``; knobs: ``configure``, ``reset_stats``;
 ``warm()`` pre-renders base users so a benchmark measures the client, not first-touch rendering.
+``Emulator.webhooks`` (also ``RunningEmulator.webhooks``): :class:`Webhooks` (``wait_idle``,
+``stats``, ``secret``); ``Emulator.close()`` stops its sender (``stop()`` does it too).
 
 Population
 ----------
@@ -153,6 +189,7 @@ This package imports only ``config``; the other public names load on first use (
 - ``faults``: injected faults and the request counters
 - ``errors``: Clerk's error answers
 - ``control``: the control API, a table route -> function
+- ``webhooks``: the signed webhooks of the emulator's changes, their queue and sender thread
 - ``api``: :class:`Emulator`, the Python API and ``handle()``
 - ``server``: the HTTP server, :class:`RunningEmulator`, :func:`start_emulator`, :func:`serve`
 """
@@ -176,6 +213,7 @@ if TYPE_CHECKING:
     from clerk_sync_cli.emulator.api import Emulator
     from clerk_sync_cli.emulator.edge_cases import EDGE_CASE_KINDS
     from clerk_sync_cli.emulator.server import RunningEmulator, serve, start_emulator
+    from clerk_sync_cli.emulator.webhooks import Webhooks
 
 __all__ = [
     "CURSOR_TIES",
@@ -187,6 +225,7 @@ __all__ = [
     "Emulator",
     "EmulatorConfig",
     "RunningEmulator",
+    "Webhooks",
     "resolve_rate_limit",
     "serve",
     "start_emulator",
@@ -199,6 +238,7 @@ _LAZY: dict[str, str] = {
     "RunningEmulator": "server",
     "serve": "server",
     "start_emulator": "server",
+    "Webhooks": "webhooks",
 }
 
 

@@ -16,8 +16,9 @@ from clerk_sync_cli.emulator.faults import Faults
 from clerk_sync_cli.emulator.filters import Params, parse_filters
 from clerk_sync_cli.emulator.ids import b62, blake
 from clerk_sync_cli.emulator.query import QueryEngine, parse_list_query
-from clerk_sync_cli.emulator.render import DUMPS
+from clerk_sync_cli.emulator.render import DUMPS, deleted_user
 from clerk_sync_cli.emulator.users import UserStore
+from clerk_sync_cli.emulator.webhooks import Webhooks
 
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 _Answer = tuple[int, dict[str, str], bytes]
@@ -86,6 +87,8 @@ class Emulator:
         self._lock = self._users.lock
         self._query = QueryEngine(self._users, config)
         self._faults = Faults(config, self._lock)
+        #: the signed webhooks of this emulator's changes (``wait_idle()``, ``stats()``, ...)
+        self.webhooks = Webhooks(config)
         # Scenario hooks for tests (Python API only, not part of Clerk's API):
         #: ids left out of every list page, yet counted and fetchable (an incomplete listing)
         self.hidden_from_list: set[str] = set()
@@ -118,29 +121,39 @@ class Emulator:
 
         ``created_at`` defaults to now (later than every base user); ``extra`` fields are
         shallow-merged into the result (e.g. ``external_id=``, ``locked=True``,
-        ``public_metadata={...}``, ``updated_at=``).
+        ``public_metadata={...}``, ``updated_at=``). Sends ``user.created``.
         """
-        return self._users.create_user(
-            first_name, last_name, email, banned, created_at, user_id, extra
-        )
+        with self._lock:  # events queue in the order of the changes
+            user = self._users.create_user(
+                first_name, last_name, email, banned, created_at, user_id, extra
+            )
+            self.webhooks.emit("user.created", user)
+        return user
 
     def update_user(self, user_id: str, **fields: Any) -> dict[str, Any]:
         """Shallow-merge ``fields`` into a user and bump ``updated_at`` (unless given).
 
         ``email=`` replaces the primary address (adding one if the user has none).
-        Raises KeyError for an unknown or deleted user.
+        Raises KeyError for an unknown or deleted user. Sends ``user.updated``.
         """
-        return self._users.update_user(user_id, fields)
+        with self._lock:
+            user = self._users.update_user(user_id, fields)
+            self.webhooks.emit("user.updated", user)
+        return user
 
     def ban_user(self, user_id: str) -> None:
+        """Ban a user (an update: ``user.updated``)."""
         self.update_user(user_id, banned=True)
 
     def unban_user(self, user_id: str) -> None:
+        """Lift a user's ban (an update: ``user.updated``)."""
         self.update_user(user_id, banned=False)
 
     def delete_user(self, user_id: str) -> None:
-        """Delete a user; KeyError if there is no such live user."""
-        self._users.delete_user(user_id)
+        """Delete a user; KeyError if there is no such live user. Sends ``user.deleted``."""
+        with self._lock:
+            self._users.delete_user(user_id)
+            self.webhooks.emit("user.deleted", deleted_user(user_id))
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -187,13 +200,19 @@ class Emulator:
         ``requests_total``, ``api_requests`` (/v1), ``control_requests`` (/_emulator),
         ``by_endpoint`` ({"GET /v1/users": n, ...}), ``by_status`` ({"200": n, ...}),
         ``responses_401``, ``responses_429``, ``responses_5xx``, ``truncated``, ``users_served``
-        (users in list responses) and ``connections`` (TCP connections accepted).
+        (users in list responses), ``connections`` (TCP connections accepted) and
+        ``webhooks`` (see :meth:`Webhooks.stats`).
         """
-        return self._faults.stats()
+        return {**self._faults.stats(), "webhooks": self.webhooks.stats()}
 
     def reset_stats(self) -> None:
         """Zero the counters and the fail/throttle/truncate cadence (not the rate-limit window)."""
         self._faults.reset()
+        self.webhooks.reset_stats()
+
+    def close(self) -> None:
+        """Stop the webhook sender (pending deliveries are abandoned). Idempotent."""
+        self.webhooks.close()
 
     def note_connection(self) -> None:
         """Called by the HTTP server for every accepted connection."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from clerk_sync_cli.emulator.config import knob_values
 from clerk_sync_cli.emulator.errors import invalid, not_found
+from clerk_sync_cli.emulator.render import deleted_user
 
 if TYPE_CHECKING:
     from clerk_sync_cli.emulator.api import Emulator
@@ -84,7 +85,7 @@ def _unban(emulator: Emulator, uid: str, body: bytes) -> Any:
 
 def _delete(emulator: Emulator, uid: str, body: bytes) -> Any:
     emulator.delete_user(uid)
-    return {"object": "user", "id": uid, "deleted": True}
+    return deleted_user(uid)
 
 
 #: Routes on one user (``{id}``): label -> answer; an unknown id is a 404, bad fields a 422.

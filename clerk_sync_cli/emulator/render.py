@@ -51,6 +51,11 @@ def phone_json(ident: str, number: str, created: int) -> str:
     )
 
 
+def deleted_user(user_id: str) -> dict[str, Any]:
+    """Clerk's answer to deleting a user, which is also the data of its ``user.deleted`` event."""
+    return {"object": "user", "id": user_id, "deleted": True}
+
+
 def clerk_image(kind: str, key: str, value: str) -> str:
     """Clerk's image proxy URL: base64url of a small JSON document (inputs are URL-safe ASCII)."""
     raw = f'{{"type":"{kind}","{key}":"{value}"}}'.encode("ascii")

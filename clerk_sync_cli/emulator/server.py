@@ -1,6 +1,7 @@
 """The HTTP server around an :class:`Emulator`: in a background thread, or in the foreground.
 
 ``http.server.ThreadingHTTPServer``, HTTP/1.1 keep-alive, ``Content-Length`` on every response.
+Stopping the server stops the emulator's webhook sender too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, cast
 
 from clerk_sync_cli.emulator.api import Emulator
 from clerk_sync_cli.emulator.config import DEFAULT_PORT, EmulatorConfig
+from clerk_sync_cli.emulator.webhooks import Webhooks
 
 
 class _Server(ThreadingHTTPServer):
@@ -81,6 +83,8 @@ class RunningEmulator:
 
     def __init__(self, emulator: Emulator, server: _Server, thread: threading.Thread) -> None:
         self.emulator = emulator
+        #: the emulator's webhook sender (``wait_idle()``, ``stats()``, ``secret``)
+        self.webhooks: Webhooks = emulator.webhooks
         self.base_url = _url(server)  # what CLERK_API_URL is set to
         self.control_url = self.base_url[: -len("/v1")] + "/_emulator"
         self.port: int = server.server_address[1]
@@ -89,12 +93,14 @@ class RunningEmulator:
         self._stopped = False
 
     def stop(self) -> None:
+        """Stop serving, then stop the webhook sender (pending deliveries are abandoned)."""
         if self._stopped:
             return
         self._stopped = True
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+        self.emulator.close()
 
     def __enter__(self) -> RunningEmulator:
         return self
@@ -131,7 +137,8 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve in the foreground until KeyboardInterrupt or SIGTERM; ``on_ready(base_url)`` once."""
-    server = _Server((host, port), Emulator(config))
+    emulator = Emulator(config)
+    server = _Server((host, port), emulator)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -149,5 +156,6 @@ def serve(
         pass
     finally:
         server.server_close()
+        emulator.close()
         if installed:
             signal.signal(signal.SIGTERM, previous)
