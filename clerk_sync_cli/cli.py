@@ -711,6 +711,52 @@ def emulator(
             "only when given here: one in CLERK_SECRET_KEY is ignored.",
         ),
     ] = None,
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook-url",
+            help="POST signed user.created / user.updated / user.deleted events for the "
+            "emulator's own changes (control API) to this http(s) URL, as Svix delivers Clerk's.",
+        ),
+    ] = None,
+    webhook_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook-secret",
+            help="Their signing secret, whsec_… [default: a random one; GET /_emulator/config "
+            "shows it].",
+        ),
+    ] = None,
+    webhook_drop: Annotated[
+        float,
+        typer.Option(
+            "--webhook-drop", min=0, max=1, help="Probability an event is never delivered."
+        ),
+    ] = 0,
+    webhook_duplicate: Annotated[
+        float,
+        typer.Option(
+            "--webhook-duplicate",
+            min=0,
+            max=1,
+            help="Probability an event is delivered twice (the same svix-id).",
+        ),
+    ] = 0,
+    webhook_reorder: Annotated[
+        bool,
+        typer.Option("--webhook-reorder", help="Hold events back so later ones arrive first."),
+    ] = False,
+    webhook_delay_ms: Annotated[
+        int, typer.Option("--webhook-delay-ms", min=0, help="Delay before each delivery.")
+    ] = 0,
+    webhook_retry: Annotated[
+        bool,
+        typer.Option(
+            "--webhook-retry/--no-webhook-retry",
+            help="Retry failed deliveries on Svix's schedule (5 s, 5 min, … 10 h), 1000 times "
+            "faster.",
+        ),
+    ] = True,
 ) -> None:
     """Serve a local stand-in for Clerk's Backend API, for trying clerk-sync and for CI.
 
@@ -718,8 +764,12 @@ def emulator(
 
     Where Clerk's docs leave an answer open (--cursor-ties, --deleted-cursor, --unstable-ties)
     the default is one plausible reading; the others let a client be tested against each.
+
+    With --webhook-url it also sends webhooks for its changes, misbehaving as asked
+    (--webhook-drop, --webhook-duplicate, --webhook-reorder, --webhook-delay-ms).
     """
     from clerk_sync_cli.emulator.server import serve  # not loaded by the other commands
+    from clerk_sync_cli.scrub import register
 
     reporter = Reporter()
     with handle_errors(reporter, "emulator"):
@@ -751,21 +801,39 @@ def emulator(
                 cursor_ties=cursor_ties.value,
                 deleted_cursor=deleted_cursor.value,
                 unstable_ties=unstable_ties,
+                webhook_url=webhook_url,
+                webhook_secret=webhook_secret,
+                webhook_drop=webhook_drop,
+                webhook_duplicate=webhook_duplicate,
+                webhook_reorder=webhook_reorder,
+                webhook_delay_ms=webhook_delay_ms,
+                webhook_retry=webhook_retry,
             )
-        except ValueError as exc:
+        except ValueError as exc:  # the messages quote neither the secret nor the URL
             raise ConfigError(f"emulator: {exc}") from None
+        register(config.webhook_secret)  # never printed, whole or in part
         shown = (
             DEFAULT_SECRET_KEY
             if config.secret_key == DEFAULT_SECRET_KEY
             else key_kind(config.secret_key)
         )
-        try:
-            serve(
-                config,
-                host=host,
-                port=port,
-                on_ready=lambda url: reporter.emulator_ready(url, shown, users),
+
+        def ready(base_url: str) -> None:
+            reporter.emulator_ready(base_url, shown, users)
+            if config.webhook_url is None:
+                return
+            signed = (
+                "the --webhook-secret given"
+                if webhook_secret
+                else "a generated secret (GET "
+                f"{base_url.removesuffix('/v1')}/_emulator/config shows it as webhook_secret)"
             )
+            reporter.err.print(
+                f"Webhooks to {config.webhook_url}, signed with {signed}.", markup=False
+            )
+
+        try:
+            serve(config, host=host, port=port, on_ready=ready)
         except OSError as exc:
             raise ConfigError(
                 f"emulator: cannot listen on {host}:{port} ({exc.strerror}).",
@@ -797,6 +865,52 @@ def demo(
         reporter.demo_result(outcome.runs, demo_summary(outcome), ok)
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port (0: any free).")
+    ] = 8000,
+    webhook_signing_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook-signing-secret",
+            help="Svix signing secret(s), whsec_…, space-separated. Prefer the environment "
+            "(CLERK_WEBHOOK_SIGNING_SECRET) or .env: options show in the process list.",
+            show_default=False,
+        ),
+    ] = None,
+    database_url: DatabaseUrlOpt = None,
+) -> None:
+    """Receive Clerk's webhooks (POST /api/webhooks/clerk) and write each user as every sync
+    does; GET /healthz answers 200 while the database is reachable. Never takes the run lock:
+    cron's `sync` heals whatever a webhook missed.
+
+    Example: clerk-sync serve --host 0.0.0.0 --port 8000
+    """
+    from clerk_sync_cli import serve as server  # uvicorn and starlette: only this command
+    from clerk_sync_cli.web import create_app, make_receiver
+
+    reporter = Reporter()
+    with handle_errors(reporter, "serve"):
+        settings = _settings(
+            reporter,
+            database_url=database_url,
+            clerk_webhook_signing_secret=webhook_signing_secret,
+        )
+        settings.webhook_keys()  # refuse to start without a valid secret
+        receiver = make_receiver(settings)
+        asgi = create_app(settings, receiver=receiver)
+        try:
+            receiver.prepare()
+        except ClerkSyncError as exc:  # keep serving: /healthz says 503 until it is back
+            reporter.warn(f"{exc.message} (webhooks are answered 503 until this is fixed)")
+        sock = server.bind(host, port)
+        reporter.serve_ready(host, sock.getsockname()[1])
+        server.log_to_stderr()
+        server.run(asgi, sock)
 
 
 def main() -> None:

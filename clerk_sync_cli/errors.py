@@ -1,7 +1,8 @@
 """Exit codes and the one exception family the library raises.
 
 Library code raises a :class:`ClerkSyncError` subclass where a failure is understood; the CLI
-turns it into its message and :attr:`ClerkSyncError.exit_code` in exactly one place.
+turns it into its message and :attr:`ClerkSyncError.exit_code` in exactly one place, and the
+server (``clerk-sync serve``) into :attr:`ClerkSyncError.http_status`, in one place too.
 Messages are written for the person at the terminal: what happened, then what to do.
 They never contain a secret: every message is scrubbed when the error is made
 (:mod:`clerk_sync_cli.scrub`).
@@ -29,6 +30,8 @@ class ClerkSyncError(Exception):
     """An expected failure, with a message fit to print and an exit code."""
 
     exit_code: ExitCode = ExitCode.CONFIG
+    #: What ``serve`` answers: 4xx only for what the sender did, 503 for what a retry can fix.
+    http_status: int = 500
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         message = scrub(message)  # from here it may reach any output, and the run history
@@ -45,6 +48,7 @@ class SchemaError(ClerkSyncError):
     """The database lacks something the sync relies on (a table, a column, a constraint)."""
 
     exit_code = ExitCode.CONFIG
+    http_status = 503
 
 
 class ClerkAuthError(ClerkSyncError):
@@ -59,6 +63,7 @@ class ClerkRequestError(ClerkSyncError):
 
 class ClerkUnavailableError(ClerkSyncError):
     exit_code = ExitCode.UNAVAILABLE
+    http_status = 503
 
 
 class ClerkDataError(ClerkSyncError):
@@ -76,6 +81,7 @@ class UnconfirmedError(ClerkSyncError):
 
 class DatabaseUnavailableError(ClerkSyncError):
     exit_code = ExitCode.UNAVAILABLE
+    http_status = 503
 
 
 class BatchDataError(ClerkSyncError):
@@ -88,6 +94,7 @@ class RefusedError(ClerkSyncError):
     """A safety check refused to start or to go on."""
 
     exit_code = ExitCode.REFUSED
+    http_status = 409
 
 
 class LockHeldError(RefusedError):
@@ -96,6 +103,13 @@ class LockHeldError(RefusedError):
 
 class InstanceMismatchError(RefusedError):
     """The secret key belongs to another Clerk instance than the one that filled the table."""
+
+
+class InvalidEventError(ClerkSyncError):
+    """A webhook whose signature is valid but whose body cannot be processed (answered 400,
+    so the sender sees why; Svix retries, and a fixed body would be a new message)."""
+
+    http_status = 400
 
 
 class RetriableError(Exception):

@@ -29,6 +29,7 @@ from clerk_sync_cli.run import SyncResult
 from clerk_sync_cli.scrub import ScrubbedStream, scrub, scrub_value
 from clerk_sync_cli.states import LockState, RunStatus, SyncMode
 from clerk_sync_cli.status import StatusReport
+from clerk_sync_cli.store.webhooks import WebhookSummary
 from clerk_sync_cli.user import UserReport
 
 #: Runs that ended with a verdict (``status --json`` counts them).
@@ -189,6 +190,20 @@ def status_json(report: StatusReport) -> dict[str, Any]:
             "counts": finished[0][0].summary.get("counts"),
         },
         "runs": [run_json(run, shown) for run, shown in report.runs],
+        "webhooks": webhooks_json(report.webhooks),
+    }
+
+
+def webhooks_json(summary: WebhookSummary | None) -> dict[str, Any]:
+    """``status --json``'s ``webhooks``: the last delivery, outcomes over the last 24 h, and
+    whether any arrived in that time."""
+    if summary is None:
+        return {"last_event_at": None, "last_24h": {}, "receiving": False}
+    last = summary.last_event_at
+    return {
+        "last_event_at": None if last is None else last.isoformat(),
+        "last_24h": dict(summary.last_24h),
+        "receiving": summary.receiving,
     }
 
 
@@ -539,6 +554,7 @@ class Reporter:
         if report.state.watermark_ms is not None:
             mark = datetime.fromtimestamp(report.state.watermark_ms / 1000, UTC)
             self.out.print(f"Watermark: users changed up to {_when(mark)} are synced.")
+        self._webhooks(report.webhooks)
         if not report.runs:
             self.out.print("No runs yet.")
             return
@@ -605,6 +621,31 @@ class Reporter:
         self.err.print(
             f"Clerk emulator with {users} users at {base_url} (secret key: {key_shown}). "
             "Ctrl-C to stop."
+        )
+
+    def _webhooks(self, summary: WebhookSummary | None) -> None:
+        if summary is None or summary.last_event_at is None:
+            self.out.print(
+                "Webhooks: none received yet (run `clerk-sync serve` and add its endpoint in "
+                "Clerk's dashboard; cron's `sync` keeps the table right meanwhile)."
+            )
+            return
+        if not summary.receiving:
+            self.out.print(
+                f"Webhooks: [bold yellow]none in the last 24 h[/] (last {_when(summary.last_event_at)}): "
+                "check that `serve` runs and the endpoint in Clerk's dashboard is enabled."
+            )
+            return
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in summary.last_24h.items())
+        self.out.print(
+            f"Webhooks: last received {_when(summary.last_event_at)}; last 24 h: {counts}."
+        )
+
+    def serve_ready(self, host: str, port: int) -> None:
+        shown = f"[{host}]" if ":" in host else host
+        self.err.print(
+            f"clerk-sync serve: listening on http://{shown}:{port} "
+            "(webhooks: POST /api/webhooks/clerk, health: GET /healthz). Ctrl-C to stop."
         )
 
     def sql_script(self, text: str) -> None:

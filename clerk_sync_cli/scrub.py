@@ -23,6 +23,7 @@ _PATTERNS = (
     # (not the emulator's well-known default key, sk_test_emulator: it is no secret)
     (re.compile(r"\b(sk_(?:live|test))_(?!emulator\b)[A-Za-z0-9]{4,}"), r"\1_…"),
     (re.compile(r"(?i)\b(bearer)\s+[^\s'\"<>]+"), r"\1 " + MASK),
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=]{4,}"), "whsec_…"),  # a webhook signing secret
     (re.compile(r"(?i)\b(postgres(?:ql)?://[^:/@\s]*):[^@\s]*@"), r"\1:" + MASK + "@"),
 )
 

@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clerk_sync_cli.errors import ConfigError
 from clerk_sync_cli.scrub import register
+from clerk_sync_cli.signatures import SECRET_PREFIX, SecretError, parse_secrets
 from clerk_sync_cli.tables import Tables
 
 DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
@@ -56,6 +57,11 @@ class Settings(BaseSettings):
     )
     #: Pinged after each run (healthchecks.io style); a secret, since its path is the token.
     clerk_sync_ping_url: SecretStr | None = None
+    #: ``serve``: Svix's signing secret(s) of the Clerk webhook endpoint, ``whsec_…``; several
+    #: separated by spaces during a rotation.
+    clerk_webhook_signing_secret: SecretStr | None = None
+    #: ``serve``: database connections shared by the request threads.
+    clerk_sync_serve_connections: int = Field(default=8, ge=1, le=200)
 
     def _pieces(self) -> list[str]:
         """Secrets of which no piece may show: the key, the password, the ping URL's token."""
@@ -71,6 +77,9 @@ class Settings(BaseSettings):
         if self.clerk_sync_ping_url is not None:
             parts = urlsplit(self.clerk_sync_ping_url.get_secret_value())
             found += [parts.path.strip("/"), parts.query, parts.password or ""]
+        if self.clerk_webhook_signing_secret is not None:
+            for secret in self.clerk_webhook_signing_secret.get_secret_value().split():
+                found += [secret, secret.removeprefix(SECRET_PREFIX)]
         return [s for s in found if s]
 
     def _wholes(self) -> list[str]:
@@ -118,6 +127,24 @@ class Settings(BaseSettings):
                 "In Supabase: Project Settings → Database → Connection string (session pooler).",
             ) from None
         return value
+
+    def webhook_keys(self) -> tuple[bytes, ...]:
+        """The HMAC keys of CLERK_WEBHOOK_SIGNING_SECRET; ConfigError naming it otherwise."""
+        value = self.clerk_webhook_signing_secret
+        if value is None or not value.get_secret_value().strip():
+            raise ConfigError(
+                "CLERK_WEBHOOK_SIGNING_SECRET is not set: serve verifies every webhook with it.",
+                "Clerk dashboard → Configure → Webhooks → your endpoint → Signing Secret "
+                "(whsec_…). Set it in the environment or in .env.",
+            )
+        try:
+            return parse_secrets(value.get_secret_value())
+        except SecretError as exc:
+            raise ConfigError(
+                f"CLERK_WEBHOOK_SIGNING_SECRET is malformed: {exc}.",
+                "Copy it whole from the endpoint's page in Clerk's dashboard (whsec_…); "
+                "separate several with spaces.",
+            ) from None
 
     def tables(self) -> Tables:
         return Tables(

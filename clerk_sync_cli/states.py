@@ -42,3 +42,28 @@ class LockState(StrEnum):
     FREE = "free"
     HELD = "held"
     STALE = "stale"
+
+
+class WebhookOutcome(StrEnum):
+    """What became of a verified webhook delivery (``clerk_sync.webhook_events.outcome``, the
+    ``outcome`` of ``serve``'s answer and of its log line)."""
+
+    APPLIED = "applied"  # a row was written (created, updated, reactivated or deactivated)
+    UNCHANGED = "unchanged"  # the row already held this version
+    DUPLICATE = "duplicate"  # this svix-id was applied already: nothing done
+    STALE = "stale"  # a newer version of the user was applied already
+    DELETED = "deleted"  # Clerk deleted the user: no later event writes it again
+    IGNORED = "ignored"  # an event type clerk-sync does not act on
+    REFUSED = "refused"  # another Clerk instance than the pinned one (409)
+    INVALID = "invalid"  # signed, but the body cannot be processed (400)
+    PENDING = "pending"  # claimed, being processed (never left so once committed)
+
+
+#: Outcomes answered 2xx: the delivery is done, and its svix-id claimed.
+ANSWERED = (
+    WebhookOutcome.APPLIED,
+    WebhookOutcome.UNCHANGED,
+    WebhookOutcome.STALE,
+    WebhookOutcome.DELETED,
+    WebhookOutcome.IGNORED,
+)

@@ -1,5 +1,6 @@
 """``clerk-sync status``: the last runs (each with the status to show), the last successful
-full reconcile, the pinned instance, the lock and what ``sync`` starts from. Reads only."""
+full reconcile, the pinned instance, the lock, what ``sync`` starts from, and the webhook side
+(the last delivery, outcomes over the last 24 h). Reads only."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 from clerk_sync_cli.history import LockInfo, Pin, RunRecord, SyncState, lock_state, run_state
 from clerk_sync_cli.states import LockState
-from clerk_sync_cli.store import bookkeeping, lock, pin, runs
+from clerk_sync_cli.store import bookkeeping, lock, pin, runs, webhooks
 from clerk_sync_cli.store.connection import Store
 
 
@@ -19,6 +20,7 @@ class StatusReport:
     lock: LockInfo
     state: SyncState
     bookkeeping: bool = True  # clerk-sync's schema exists (else nothing has run yet)
+    webhooks: webhooks.WebhookSummary | None = None  # None: bookkeeping older than webhooks
 
     @property
     def in_progress(self) -> bool:
@@ -49,4 +51,11 @@ def collect_status(store: Store, *, limit: int = 10, stale_after_s: float = 600.
     ]
     pinned = store.run(pin.read)
     state = store.run(runs.sync_state, pinned.instance.id) if pinned else SyncState()
-    return StatusReport(recent, store.run(runs.last_full_reconcile), pinned, info, state)
+    return StatusReport(
+        recent,
+        store.run(runs.last_full_reconcile),
+        pinned,
+        info,
+        state,
+        webhooks=store.run(webhooks.summary),
+    )

@@ -1,0 +1,163 @@
+"""``clerk-sync serve``'s HTTP side: an ASGI app (Starlette) with Clerk's webhook endpoint and a
+health check, importable to mount into an existing Python backend::
+
+    from clerk_sync_cli.settings import load_settings
+    from clerk_sync_cli.web import create_app
+
+    app.mount("/clerk-sync", create_app(load_settings()))   # FastAPI or Starlette
+
+A delivery is checked in this order, each step before the next reads more of it: method
+(405), declared and actual size (413, without reading past the limit), media type (415),
+signature (400 for a missing or malformed header, 401 for a stale or wrong one), body
+(415 not JSON, 400 cannot be processed), then applied (:mod:`clerk_sync_cli.receive`).
+Nothing a sender controls causes a 500, and no answer echoes the payload. Errors become
+statuses in one place, :func:`_failure`; each delivery leaves one log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from clerk_sync_cli.errors import ClerkSyncError
+from clerk_sync_cli.events import Event, parse_event
+from clerk_sync_cli.receive import Receiver
+from clerk_sync_cli.scrub import scrub
+from clerk_sync_cli.settings import Settings
+from clerk_sync_cli.signatures import SignatureError, verify
+from clerk_sync_cli.store import Store, connect
+from clerk_sync_cli.store.pool import Pool
+
+WEBHOOK_PATH = "/api/webhooks/clerk"
+HEALTH_PATH = "/healthz"
+#: The largest delivery accepted; Clerk's user events are a few KiB.
+MAX_BODY = 1024 * 1024
+
+log = logging.getLogger("clerk_sync.serve")
+
+
+class _Refused(Exception):
+    """A request refused before it is verified: a status and a reason, nothing else."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def create_app(
+    settings: Settings, *, receiver: Receiver | None = None, now: Callable[[], float] = time.time
+) -> Starlette:
+    """The ASGI app ``serve`` runs. Refuses (ConfigError) without a valid webhook signing
+    secret or database URL; connects to the database only when a request needs it."""
+    keys = settings.webhook_keys()
+    ready = receiver or make_receiver(settings)
+
+    async def webhook(request: Request) -> Response:
+        started = time.monotonic()
+        event: Event | None = None
+        delivery_id = None
+        try:
+            body = await _body(request)
+            _check_media_type(request)
+            delivery = verify(keys, request.headers, body, now=now())
+            delivery_id = delivery.id
+            event = parse_event(body)
+            receipt = await anyio.to_thread.run_sync(ready.receive, delivery, event)
+        except Exception as exc:  # every failure is answered, see _failure
+            status, message = _failure(exc)
+            _log(delivery_id, event, f"{status} {message}", started)
+            return JSONResponse({"error": message}, status_code=status)
+        warned = f" ({len(receipt.warnings)} warnings)" if receipt.warnings else ""
+        _log(delivery_id, event, receipt.outcome + warned, started)
+        return JSONResponse({"outcome": receipt.outcome})
+
+    async def health(request: Request) -> Response:
+        try:
+            await anyio.to_thread.run_sync(ready.check)
+        except Exception as exc:
+            _, message = _failure(exc)
+            return JSONResponse({"status": "unavailable", "error": message}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[
+            Route(WEBHOOK_PATH, webhook, methods=["POST"]),
+            Route(HEALTH_PATH, health, methods=["GET"]),
+        ]
+    )
+
+
+def make_receiver(settings: Settings) -> Receiver:
+    """The receiver of ``settings``' database: a pool of connections opened when needed,
+    with timeouts that fit in Svix's 15 s (a slow database is answered 503, and retried)."""
+    dsn = settings.dsn()
+    tables = settings.tables()
+
+    def make_store() -> Store:
+        return Store(
+            lambda: connect(dsn, application_name="clerk-sync serve"),
+            tables,
+            statement_timeout_ms=min(settings.clerk_sync_statement_timeout_ms, 10_000),
+            lock_timeout_ms=min(settings.clerk_sync_lock_timeout_ms, 5_000),
+            reconnect_attempts=1,
+            sleep=lambda _: time.sleep(0.1),
+        )
+
+    return Receiver(Pool(make_store, settings.clerk_sync_serve_connections), tables)
+
+
+async def _body(request: Request) -> bytes:
+    """The body, at most :data:`MAX_BODY` bytes: a larger declared length is refused before
+    reading, a longer stream (chunked, or a lying Content-Length) as soon as it passes it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _Refused(400, "malformed Content-Length header")
+        if int(declared) > MAX_BODY:
+            raise _Refused(413, f"body larger than {MAX_BODY} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _Refused(413, f"body larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_media_type(request: Request) -> None:
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise _Refused(415, "expected Content-Type: application/json")
+
+
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """The one place an error becomes an HTTP status and a message (scrubbed; never the
+    payload): 4xx for what the sender did, 503 for what a retry can fix, 500 for a bug."""
+    if isinstance(exc, _Refused | SignatureError):
+        return exc.status, exc.message
+    if isinstance(exc, ClerkSyncError):
+        return exc.http_status, exc.message
+    log.error("internal error: %s", scrub(f"{type(exc).__name__}: {exc}")[:300])
+    return 500, "internal error"
+
+
+def _log(delivery_id: str | None, event: Event | None, outcome: str, started: float) -> None:
+    """One line per delivery: ids, type and outcome only (no personal data, no secret)."""
+    fields: list[Any] = [
+        delivery_id or "-",
+        event.type if event else "-",
+        (event.clerk_id if event else None) or "-",
+        outcome,
+        (time.monotonic() - started) * 1000,
+    ]
+    log.info("webhook %s %s %s %s %.1fms", *fields)
