@@ -861,7 +861,13 @@ def demo(
     with handle_errors(reporter, "demo"):
         outcome = run_demo(reporter, users=users, keep=keep)
         final = outcome.runs[-1]
-        ok = all(r.status is RunStatus.OK for r in outcome.runs) and not final.drift
+        live = outcome.live
+        ok = (
+            all(r.status is RunStatus.OK for r in outcome.runs)
+            and not final.drift
+            and live.seen_after_s is not None
+            and live.healed
+        )
         reporter.demo_result(outcome.runs, demo_summary(outcome), ok)
     if not ok:
         raise typer.Exit(1)

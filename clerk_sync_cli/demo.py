@@ -2,12 +2,16 @@
 
 Starts both, applies ``sql/``, backfills, makes Clerk drift (renames, bans, deletions, new
 sign-ups) through the emulator's control API, then runs ``diff --dry-run`` and ``diff``.
-Everything it started is stopped and removed at the end, unless ``keep``.
+Then real time: ``serve`` receives the emulator's signed webhooks, a change made in Clerk
+appears in the table within a second, and a webhook the emulator drops is healed by the next
+``sync``. Everything it started is stopped and removed at the end, unless ``keep``.
 """
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
+from psycopg import sql
 from pydantic import SecretStr
 
 from clerk_sync_cli.clerk import ClerkClient
@@ -26,7 +31,7 @@ from clerk_sync_cli.emulator import DEFAULT_SECRET_KEY
 from clerk_sync_cli.errors import ClerkSyncError
 from clerk_sync_cli.init_db import init_db
 from clerk_sync_cli.run import Progress, SyncOptions, SyncResult
-from clerk_sync_cli.store import Store, connect
+from clerk_sync_cli.store import Cursor, Store, connect
 from clerk_sync_cli.sync import reconcile
 
 
@@ -39,8 +44,19 @@ class Drift:
 
 
 @dataclass
+class LiveDemo:
+    """What the real-time part showed: how soon a change reached the table through ``serve``,
+    and whether ``sync`` healed the change whose webhook was dropped."""
+
+    seen_after_s: float | None = None
+    healed: bool = False
+    sync: SyncResult | None = None
+
+
+@dataclass
 class DemoOutcome:
     runs: list[SyncResult] = field(default_factory=list)
+    live: LiveDemo = field(default_factory=LiveDemo)
     drift: Drift = field(default_factory=Drift)
     database_url: str = ""
     clerk_api_url: str = ""
@@ -164,11 +180,94 @@ def run_demo(
             "$ clerk-sync diff --exit-code   (again: nothing left to do)",
             SyncOptions("diff", deactivate=True),
         )
+        outcome.live = live_demo(steps, stack, http, base_url, client, store, dsn)
     steps.step(
         f"Done in {time.monotonic() - started:.1f}s"
         + ("." if keep else "; stopped the emulator and Postgres, removed their files.")
     )
     return outcome
+
+
+def live_demo(
+    steps: DemoSteps,
+    stack: ExitStack,
+    http: httpx.Client,
+    base_url: str,
+    client: ClerkClient,
+    store: Store,
+    dsn: str,
+) -> LiveDemo:
+    """``serve`` on the demo's database, fed by the emulator's webhooks: a rename arrives
+    within a second; a rename whose webhook is dropped is healed by ``sync``."""
+    from clerk_sync_cli import serve  # uvicorn and starlette: loaded only here
+    from clerk_sync_cli.settings import Settings
+    from clerk_sync_cli.web import WEBHOOK_PATH, create_app
+
+    live = LiveDemo()
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    settings = Settings(database_url=SecretStr(dsn), clerk_webhook_signing_secret=SecretStr(secret))
+    url = stack.enter_context(serve.in_background(create_app(settings))) + WEBHOOK_PATH
+    steps.step(f"$ clerk-sync serve   (the emulator now sends its webhooks to {url})")
+    root = base_url.rsplit("/v1", 1)[0] + "/_emulator"
+    headers = {"Authorization": f"Bearer {DEFAULT_SECRET_KEY}"}
+    http.patch(
+        f"{root}/config", json={"webhook_url": url, "webhook_secret": secret}, headers=headers
+    ).raise_for_status()
+    first, second = _two_active_users(store)
+
+    started = time.monotonic()
+    http.patch(f"{root}/users/{first}", json={"first_name": "Live"}, headers=headers)
+    live.seen_after_s = _wait_for_name(store, first, "Live", started, timeout=5.0)
+    shown = "not within 5 s" if live.seen_after_s is None else f"{live.seen_after_s:.2f}s later"
+    steps.step(f"Renamed {first} in Clerk: the table had it {shown}, by webhook")
+
+    http.patch(f"{root}/config", json={"webhook_drop": 1.0}, headers=headers).raise_for_status()
+    http.patch(f"{root}/users/{second}", json={"first_name": "Dropped"}, headers=headers)
+    time.sleep(0.5)
+    steps.step(f"Renamed {second}, and the emulator dropped its webhook (as Svix may)")
+    title = "$ clerk-sync sync   (cron's safety net)"
+    steps.step(title)
+    live.sync = reconcile(client, store, SyncOptions("sync", deactivate=True))
+    steps.run_result(title, live.sync)
+    live.healed = _wait_for_name(store, second, "Dropped", time.monotonic(), timeout=0) is not None
+    http.patch(f"{root}/config", json={"webhook_url": None}, headers=headers).raise_for_status()
+    return live
+
+
+def _two_active_users(store: Store) -> tuple[str, str]:
+    def pick(cur: Cursor) -> list[str]:
+        cur.execute(
+            sql.SQL("SELECT clerk_id FROM {} WHERE is_active ORDER BY clerk_id LIMIT 2").format(
+                store.tables.users_ident()
+            )
+        )
+        return [row[0] for row in cur.fetchall()]
+
+    first, second = store.atomic(pick)
+    return first, second
+
+
+def _wait_for_name(
+    store: Store, clerk_id: str, name: str, started: float, *, timeout: float
+) -> float | None:
+    """Seconds from ``started`` until the row has ``name`` (None: not within ``timeout``)."""
+
+    def current(cur: Cursor) -> str | None:
+        cur.execute(
+            sql.SQL("SELECT first_name FROM {} WHERE clerk_id = %s").format(
+                store.tables.users_ident()
+            ),
+            (clerk_id,),
+        )
+        row = cur.fetchone()
+        return None if row is None else row[0]
+
+    while True:
+        if store.atomic(current) == name:
+            return time.monotonic() - started
+        if time.monotonic() - started >= timeout:
+            return None
+        time.sleep(0.02)
 
 
 def demo_summary(outcome: DemoOutcome) -> dict[str, Any]:
@@ -177,4 +276,10 @@ def demo_summary(outcome: DemoOutcome) -> dict[str, Any]:
         "clerk_api_url": outcome.clerk_api_url if outcome.kept else None,
         "emulator_pid": outcome.emulator_pid if outcome.kept else None,
         "stop_postgres": stop_command(outcome.database_url) if outcome.kept else None,
+        "webhooks": {
+            "seen_after_s": None
+            if outcome.live.seen_after_s is None
+            else round(outcome.live.seen_after_s, 3),
+            "healed_by_sync": outcome.live.healed,
+        },
     }

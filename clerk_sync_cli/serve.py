@@ -7,6 +7,9 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -57,3 +60,25 @@ def run(app: ASGIApp, sock: socket.socket) -> None:
         server_header=False,
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+@contextmanager
+def in_background(app: ASGIApp, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve ``app`` on a free port of ``host`` from a thread (the demo's ``serve``); yields its
+    base URL, stops it on exit."""
+    sock = bind(host, 0)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", log_level="error")
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="clerk-sync-serve", daemon=True
+    )
+    thread.start()
+    try:
+        while not server.started and thread.is_alive():
+            threading.Event().wait(0.01)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=GRACE_S + 1)
+        sock.close()

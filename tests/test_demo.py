@@ -124,6 +124,11 @@ def test_demo_runs_the_whole_job_and_cleans_up(tmp_path: str) -> None:
     assert applied["applied"]["update"] == 25
     assert again["counts"]["unchanged"] == 404
     assert not any(again["counts"][k] for k in again["counts"] if k != "unchanged")
+    # real time: a change in Clerk reaches the table through serve's webhook within a second,
+    # and one whose webhook was dropped is healed by the next sync
+    assert doc["webhooks"]["seen_after_s"] is not None
+    assert doc["webhooks"]["seen_after_s"] < 1.0
+    assert doc["webhooks"]["healed_by_sync"] is True
     assert "Traceback" not in done.stderr
     # nothing left behind: no data directory, no server, no emulator
     assert _clerk_sync_dirs() == before
