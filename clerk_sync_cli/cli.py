@@ -888,33 +888,43 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    no_signin: Annotated[
+        bool,
+        typer.Option(
+            "--no-signin",
+            help="Serve only the webhook endpoint, not the sign-in ones (/api/v1/users/…).",
+        ),
+    ] = False,
     database_url: DatabaseUrlOpt = None,
+    secret_key: SecretKeyOpt = None,
 ) -> None:
-    """Receive Clerk's webhooks (POST /api/webhooks/clerk) and write each user as every sync
-    does; GET /healthz answers 200 while the database is reachable. Never takes the run lock:
-    cron's `sync` heals whatever a webhook missed.
+    """Receive Clerk's webhooks (POST /api/webhooks/clerk) and the app's sign-in call
+    (POST /api/v1/users/sync, GET /api/v1/users/profile and /settings, for the user of a
+    verified Clerk session token), and write each user as every sync does. GET /healthz
+    answers 200 while the database is reachable. Never takes the run lock: cron's `sync`
+    heals whatever a webhook missed.
 
     Example: clerk-sync serve --host 0.0.0.0 --port 8000
     """
     from clerk_sync_cli import serve as server  # uvicorn and starlette: only this command
-    from clerk_sync_cli.web import create_app, make_receiver
+    from clerk_sync_cli.web import create_app, make_backend
 
     reporter = Reporter()
     with handle_errors(reporter, "serve"):
         settings = _settings(
             reporter,
             database_url=database_url,
+            clerk_secret_key=secret_key,
             clerk_webhook_signing_secret=webhook_signing_secret,
         )
-        settings.webhook_keys()  # refuse to start without a valid secret
-        receiver = make_receiver(settings)
-        asgi = create_app(settings, receiver=receiver)
+        backend = make_backend(settings)
+        asgi = create_app(settings, signin=not no_signin, backend=backend)
         try:
-            receiver.prepare()
+            backend.target()
         except ClerkSyncError as exc:  # keep serving: /healthz says 503 until it is back
-            reporter.warn(f"{exc.message} (webhooks are answered 503 until this is fixed)")
+            reporter.warn(f"{exc.message} (requests are answered 503 until this is fixed)")
         sock = server.bind(host, port)
-        reporter.serve_ready(host, sock.getsockname()[1])
+        reporter.serve_ready(host, sock.getsockname()[1], signin=not no_signin)
         server.log_to_stderr()
         server.run(asgi, sock)
 

@@ -206,7 +206,9 @@ def live_demo(
     live = LiveDemo()
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     settings = Settings(database_url=SecretStr(dsn), clerk_webhook_signing_secret=SecretStr(secret))
-    url = stack.enter_context(serve.in_background(create_app(settings))) + WEBHOOK_PATH
+    url = (
+        stack.enter_context(serve.in_background(create_app(settings, signin=False))) + WEBHOOK_PATH
+    )
     steps.step(f"$ clerk-sync serve   (the emulator now sends its webhooks to {url})")
     root = base_url.rsplit("/v1", 1)[0] + "/_emulator"
     headers = {"Authorization": f"Bearer {DEFAULT_SECRET_KEY}"}

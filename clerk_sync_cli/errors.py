@@ -64,6 +64,8 @@ class ClerkRequestError(ClerkSyncError):
 class ClerkUnavailableError(ClerkSyncError):
     exit_code = ExitCode.UNAVAILABLE
     http_status = 503
+    #: Clerk's Retry-After, when it rate-limited (seconds)
+    retry_after: float | None = None
 
 
 class ClerkDataError(ClerkSyncError):
@@ -110,6 +112,18 @@ class InvalidEventError(ClerkSyncError):
     so the sender sees why; Svix retries, and a fixed body would be a new message)."""
 
     http_status = 400
+
+
+class UnauthorizedError(ClerkSyncError):
+    """A sign-in request whose Clerk session token is missing or does not verify (401)."""
+
+    http_status = 401
+
+
+class NotFoundError(ClerkSyncError):
+    """What a request asks for does not exist (404): no row yet, or Clerk deleted the user."""
+
+    http_status = 404
 
 
 class RetriableError(Exception):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from clerk_sync_cli.errors import InstanceMismatchError
 from clerk_sync_cli.history import Instance, PinDecision, decide_pin
 from clerk_sync_cli.store import pin
-from clerk_sync_cli.store.connection import Store
+from clerk_sync_cli.store.connection import Cursor, Store
 
 INSTANCE_HINT = (
     "Nothing was changed. Check CLERK_SECRET_KEY is the key of the instance that filled the "
@@ -49,3 +49,18 @@ def check_instance(
     )
     record(store, instance, decision, run_id)
     return decision.note
+
+
+def admit_instance(cur: Cursor, instance: Instance, hint: str) -> None:
+    """For a write outside a run (a webhook, a sign-in), in its transaction: ``instance``
+    must be the pinned one; with no pin yet, it is pinned, as a writing run would."""
+    pinned = pin.read(cur)
+    if pinned is None:
+        pin.pin(cur, instance, None, replace=False)
+        pinned = pin.read(cur)  # another writer may have pinned first
+    if pinned is not None and pinned.instance.id != instance.id:
+        raise InstanceMismatchError(
+            f"the request is for Clerk instance {instance.id}, but the table is pinned to "
+            f"instance {pinned.instance.describe()}",
+            hint,
+        )

@@ -12,25 +12,23 @@ lock is what orders it against a running ``backfill`` or ``diff``.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from clerk_sync_cli import events
 from clerk_sync_cli.apply import Target, apply_users, delete_user
+from clerk_sync_cli.backend import Backend
 from clerk_sync_cli.errors import InstanceMismatchError, InvalidEventError
 from clerk_sync_cli.events import Event
 from clerk_sync_cli.history import Instance
 from clerk_sync_cli.mapping import FieldWarning, RejectedUser, map_user
-from clerk_sync_cli.project import schema_info
+from clerk_sync_cli.pinning import admit_instance
 from clerk_sync_cli.signatures import Delivery
 from clerk_sync_cli.states import WebhookOutcome
-from clerk_sync_cli.store import bookkeeping, pin, schema, webhooks
+from clerk_sync_cli.store import webhooks
 from clerk_sync_cli.store.connection import Cursor
-from clerk_sync_cli.store.pool import Pool
 from clerk_sync_cli.store.versions import Refusal
-from clerk_sync_cli.tables import Tables
 
 #: Deliveries between two prunes of old delivery rows, per process.
 PRUNE_EVERY = 10_000
@@ -50,38 +48,18 @@ class Receipt:
 
 
 class Receiver:
-    """Applies verified events to the app's tables, sharing ``pool`` among threads."""
+    """Applies verified events to the app's tables (``backend``), from any thread."""
 
-    def __init__(
-        self, pool: Pool, tables: Tables, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._pool = pool
-        self._tables = tables
+    def __init__(self, backend: Backend, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.backend = backend
+        self._pool = backend.pool
         self._clock = clock
-        self._target: Target | None = None
-        self._ready = threading.Lock()
         self._count = 0
-
-    def check(self) -> None:
-        """Reach the database (``/healthz``): DatabaseUnavailableError when it cannot."""
-        with self._pool.store(timeout=5.0) as store:
-            store.run(lambda cur: cur.execute("SELECT 1"))
-
-    def prepare(self) -> Target:
-        """Bring the bookkeeping up to date and read the app's tables, once (again after a
-        failure: the server starts, and answers 503, while the database is down)."""
-        with self._ready:
-            if self._target is None:
-                with self._pool.store() as store:
-                    store.run(bookkeeping.migrate)
-                    project = store.run(schema.read, self._tables)
-                self._target = Target(self._tables, schema_info(project, writing=True))
-            return self._target
 
     def receive(self, delivery: Delivery, event: Event) -> Receipt:
         """Apply ``event`` once; raises InstanceMismatchError (409) or InvalidEventError (400)
         having written nothing but the delivery's row, DatabaseUnavailableError (503)."""
-        target = self.prepare()
+        target = self.backend.target()
         started = self._clock()
         with self._pool.store() as store:
             try:
@@ -125,7 +103,7 @@ class Receiver:
         receipt = Receipt(WebhookOutcome.IGNORED)
         if event.handled:
             assert event.instance_id is not None  # parse_event requires it
-            _check_instance(cur, event.instance_id)
+            admit_instance(cur, Instance(event.instance_id), MISMATCH_HINT)
             receipt = _write(cur, target, event)
         webhooks.settle(cur, claimed, receipt.outcome, self._ms(started))
         return receipt
@@ -156,17 +134,3 @@ def _write(cur: Cursor, target: Target, event: Event) -> Receipt:
     return Receipt(
         WebhookOutcome.APPLIED if applied else WebhookOutcome.UNCHANGED, tuple(outcome.warnings)
     )
-
-
-def _check_instance(cur: Cursor, instance_id: str) -> None:
-    """The event's instance must be the pinned one; with no pin yet, it is pinned."""
-    pinned = pin.read(cur)
-    if pinned is None:
-        pin.pin(cur, Instance(instance_id), None, replace=False)
-        pinned = pin.read(cur)  # another delivery may have pinned first
-    if pinned is not None and pinned.instance.id != instance_id:
-        raise InstanceMismatchError(
-            f"the event is from Clerk instance {instance_id}, but the table is pinned to "
-            f"instance {pinned.instance.describe()}",
-            MISMATCH_HINT,
-        )

@@ -641,11 +641,12 @@ class Reporter:
             f"Webhooks: last received {_when(summary.last_event_at)}; last 24 h: {counts}."
         )
 
-    def serve_ready(self, host: str, port: int) -> None:
+    def serve_ready(self, host: str, port: int, *, signin: bool) -> None:
         shown = f"[{host}]" if ":" in host else host
+        also = ", sign-in: POST /api/v1/users/sync" if signin else ""
         self.err.print(
             f"clerk-sync serve: listening on http://{shown}:{port} "
-            "(webhooks: POST /api/webhooks/clerk, health: GET /healthz). Ctrl-C to stop."
+            f"(webhooks: POST /api/webhooks/clerk{also}, health: GET /healthz). Ctrl-C to stop."
         )
 
     def sql_script(self, text: str) -> None:

@@ -24,6 +24,7 @@ from clerk_sync_cli.errors import ConfigError
 from clerk_sync_cli.scrub import register
 from clerk_sync_cli.signatures import SECRET_PREFIX, SecretError, parse_secrets
 from clerk_sync_cli.tables import Tables
+from clerk_sync_cli.tokens import parse_parties
 
 DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
 ENV_EXAMPLE_HINT = "Set it in the environment or in .env (see .env.example)."
@@ -60,6 +61,10 @@ class Settings(BaseSettings):
     #: ``serve``: Svix's signing secret(s) of the Clerk webhook endpoint, ``whsec_…``; several
     #: separated by spaces during a rotation.
     clerk_webhook_signing_secret: SecretStr | None = None
+    #: ``serve``'s sign-in endpoints: the instance's PEM public key (verification with no
+    #: network call; else the JWKS is fetched), and the origins allowed to call them.
+    clerk_jwt_key: SecretStr | None = None
+    clerk_authorized_parties: str | None = None
     #: ``serve``: database connections shared by the request threads.
     clerk_sync_serve_connections: int = Field(default=8, ge=1, le=200)
 
@@ -145,6 +150,18 @@ class Settings(BaseSettings):
                 "Copy it whole from the endpoint's page in Clerk's dashboard (whsec_…); "
                 "separate several with spaces.",
             ) from None
+
+    def authorized_parties(self) -> frozenset[str]:
+        """CLERK_AUTHORIZED_PARTIES, required for the sign-in endpoints."""
+        value = self.clerk_authorized_parties
+        if value is None or not value.strip():
+            raise ConfigError(
+                "CLERK_AUTHORIZED_PARTIES is not set: the sign-in endpoints accept session "
+                "tokens only from the app's own origins.",
+                "Set it to the frontend's origins, comma-separated (e.g. "
+                "https://app.example.com,http://localhost:3000), or run serve --no-signin.",
+            )
+        return parse_parties(value)
 
     def tables(self) -> Tables:
         return Tables(

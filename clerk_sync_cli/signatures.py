@@ -93,35 +93,37 @@ def verify(
 ) -> Delivery:
     """Check a delivery's headers and body against ``keys`` at time ``now`` (Unix seconds).
     Returns the delivery's id and timestamp; raises :class:`SignatureError` otherwise."""
-    msg_id = headers.get("svix-id")
-    stamp = headers.get("svix-timestamp")
-    signatures = headers.get("svix-signature")
+    # Svix's names, else the Standard Webhooks ones (``webhook-id``, …), as its libraries do
+    prefix = "svix" if "svix-id" in headers or "webhook-id" not in headers else "webhook"
+    msg_id = headers.get(f"{prefix}-id")
+    stamp = headers.get(f"{prefix}-timestamp")
+    signatures = headers.get(f"{prefix}-signature")
     if not msg_id or not stamp or not signatures:
         missing = [
             name
             for name, value in (
-                ("svix-id", msg_id),
-                ("svix-timestamp", stamp),
-                ("svix-signature", signatures),
+                (f"{prefix}-id", msg_id),
+                (f"{prefix}-timestamp", stamp),
+                (f"{prefix}-signature", signatures),
             )
             if not value
         ]
         raise SignatureError(400, f"missing webhook header: {', '.join(missing)}")
     if not _ID.fullmatch(msg_id):
-        raise SignatureError(400, "malformed svix-id header")
+        raise SignatureError(400, f"malformed {prefix}-id header")
     if not _TIMESTAMP.fullmatch(stamp):
-        raise SignatureError(400, "malformed svix-timestamp header")
+        raise SignatureError(400, f"malformed {prefix}-timestamp header")
     timestamp = int(stamp)
     if abs(now - timestamp) > TOLERANCE_S:
         raise SignatureError(401, "webhook timestamp too far from now (stale or from the future)")
     entries = signatures.split()
     if not entries or len(entries) > _MAX_SIGNATURES:
-        raise SignatureError(400, "malformed svix-signature header")
+        raise SignatureError(400, f"malformed {prefix}-signature header")
     offered: list[bytes] = []
     for entry in entries:
         version, comma, value = entry.partition(",")
         if not comma or not version:
-            raise SignatureError(400, "malformed svix-signature header")
+            raise SignatureError(400, f"malformed {prefix}-signature header")
         if version == "v1":
             offered.append(value.encode())
     if not offered:

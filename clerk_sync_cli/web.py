@@ -17,27 +17,38 @@ statuses in one place, :func:`_failure`; each delivery leaves one log line.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
+import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from clerk_sync_cli.backend import Backend
+from clerk_sync_cli.clerk import ClerkClient, RetryPolicy
 from clerk_sync_cli.errors import ClerkSyncError
 from clerk_sync_cli.events import Event, parse_event
 from clerk_sync_cli.receive import Receiver
 from clerk_sync_cli.scrub import scrub
 from clerk_sync_cli.settings import Settings
 from clerk_sync_cli.signatures import SignatureError, verify
+from clerk_sync_cli.signin import Signin
 from clerk_sync_cli.store import Store, connect
 from clerk_sync_cli.store.pool import Pool
+from clerk_sync_cli.tokens import Jwks, Keys, PemKey, Session
 
 WEBHOOK_PATH = "/api/webhooks/clerk"
 HEALTH_PATH = "/healthz"
+SYNC_PATH = "/api/v1/users/sync"
+PROFILE_PATH = "/api/v1/users/profile"
+SETTINGS_PATH = "/api/v1/users/settings"
 #: The largest delivery accepted; Clerk's user events are a few KiB.
 MAX_BODY = 1024 * 1024
 
@@ -54,12 +65,20 @@ class _Refused(Exception):
 
 
 def create_app(
-    settings: Settings, *, receiver: Receiver | None = None, now: Callable[[], float] = time.time
+    settings: Settings,
+    *,
+    signin: bool = True,
+    backend: Backend | None = None,
+    now: Callable[[], float] = time.time,
 ) -> Starlette:
-    """The ASGI app ``serve`` runs. Refuses (ConfigError) without a valid webhook signing
-    secret or database URL; connects to the database only when a request needs it."""
+    """The ASGI app ``serve`` runs: the webhook endpoint and ``/healthz``, and, unless
+    ``signin`` is off, the sign-in endpoints (:mod:`clerk_sync_cli.signin`) with CORS for the
+    authorized parties. Refuses (ConfigError) without a valid webhook signing secret, a
+    database URL, and for sign-in the authorized parties and the Clerk key; connects to the
+    database and Clerk only when a request needs them."""
     keys = settings.webhook_keys()
-    ready = receiver or make_receiver(settings)
+    backend = backend or make_backend(settings)
+    receiver = Receiver(backend)
 
     async def webhook(request: Request) -> Response:
         started = time.monotonic()
@@ -71,34 +90,83 @@ def create_app(
             delivery = verify(keys, request.headers, body, now=now())
             delivery_id = delivery.id
             event = parse_event(body)
-            receipt = await anyio.to_thread.run_sync(ready.receive, delivery, event)
+            receipt = await anyio.to_thread.run_sync(receiver.receive, delivery, event)
         except Exception as exc:  # every failure is answered, see _failure
             status, message = _failure(exc)
-            _log(delivery_id, event, f"{status} {message}", started)
+            _log_delivery(delivery_id, event, f"{status} {message}", started)
             return JSONResponse({"error": message}, status_code=status)
         warned = f" ({len(receipt.warnings)} warnings)" if receipt.warnings else ""
-        _log(delivery_id, event, receipt.outcome + warned, started)
+        _log_delivery(delivery_id, event, receipt.outcome + warned, started)
         return JSONResponse({"outcome": receipt.outcome})
 
     async def health(request: Request) -> Response:
         try:
-            await anyio.to_thread.run_sync(ready.check)
+            await anyio.to_thread.run_sync(backend.check)
         except Exception as exc:
             _, message = _failure(exc)
             return JSONResponse({"status": "unavailable", "error": message}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    return Starlette(
-        routes=[
-            Route(WEBHOOK_PATH, webhook, methods=["POST"]),
-            Route(HEALTH_PATH, health, methods=["GET"]),
-        ]
-    )
+    routes = [
+        Route(WEBHOOK_PATH, webhook, methods=["POST"]),
+        Route(HEALTH_PATH, health, methods=["GET"]),
+    ]
+    middleware: list[Middleware] = []
+    if signin:
+        parties = settings.authorized_parties()
+        signing_in = make_signin(settings, backend, parties, now=now)
+        routes += _signin_routes(signing_in)
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=sorted(parties),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            )
+        )
+    return Starlette(routes=routes, middleware=middleware)
 
 
-def make_receiver(settings: Settings) -> Receiver:
-    """The receiver of ``settings``' database: a pool of connections opened when needed,
-    with timeouts that fit in Svix's 15 s (a slow database is answered 503, and retried)."""
+def _signin_routes(signing_in: Signin) -> list[Route]:
+    """The guide's three endpoints; each acts for the token's user only (none takes an id)."""
+
+    def endpoint(work: Callable[[Session], dict[str, Any]]) -> Callable[[Request], Any]:
+        async def answer(request: Request) -> Response:
+            started = time.monotonic()
+            authorization = request.headers.get("authorization")
+            user: list[str] = []
+
+            def call() -> dict[str, Any]:
+                session = signing_in.session(authorization)  # may fetch the JWKS: a thread
+                user.append(session.user_id)
+                return work(session)
+
+            try:
+                doc = await anyio.to_thread.run_sync(call)
+            except Exception as exc:  # every failure is answered, see _failure
+                status, message = _failure(exc)
+                retry = getattr(exc, "retry_after", None)
+                headers = (
+                    {"Retry-After": str(math.ceil(retry))} if status == 503 and retry else None
+                )
+                _log_signin(request, user, f"{status} {message}", started)
+                return JSONResponse({"detail": message}, status_code=status, headers=headers)
+            _log_signin(request, user, "200", started)
+            return JSONResponse(doc)
+
+        return answer
+
+    return [
+        Route(SYNC_PATH, endpoint(signing_in.sync), methods=["POST"]),
+        Route(PROFILE_PATH, endpoint(signing_in.profile), methods=["GET"]),
+        Route(SETTINGS_PATH, endpoint(signing_in.settings), methods=["GET"]),
+    ]
+
+
+def make_backend(settings: Settings) -> Backend:
+    """``settings``' database: a pool of connections opened when needed, with timeouts that
+    fit in Svix's 15 s (a slow database is answered 503, and retried)."""
     dsn = settings.dsn()
     tables = settings.tables()
 
@@ -112,7 +180,29 @@ def make_receiver(settings: Settings) -> Receiver:
             sleep=lambda _: time.sleep(0.1),
         )
 
-    return Receiver(Pool(make_store, settings.clerk_sync_serve_connections), tables)
+    return Backend(Pool(make_store, settings.clerk_sync_serve_connections), tables)
+
+
+def make_signin(
+    settings: Settings,
+    backend: Backend,
+    parties: frozenset[str],
+    *,
+    now: Callable[[], float] = time.time,
+) -> Signin:
+    """The sign-in side: a Clerk client that answers fast (one attempt: a browser waits; a
+    rate limit is answered 503 with Clerk's Retry-After), and the session-token keys:
+    ``CLERK_JWT_KEY`` if set, else the instance's JWKS."""
+    http = httpx.Client(timeout=httpx.Timeout(5.0, connect=3.0))
+    clerk = ClerkClient(
+        http,
+        settings.api_url(),
+        settings.secret_key(),
+        retry=RetryPolicy(attempts=1, max_seconds=5.0, retry_after_cap=0.0),
+    )
+    jwt_key = settings.clerk_jwt_key
+    keys: Keys = PemKey(jwt_key.get_secret_value()) if jwt_key else Jwks(clerk.get_jwks)
+    return Signin(backend, clerk, keys, parties, now=now)
 
 
 async def _body(request: Request) -> bytes:
@@ -151,7 +241,16 @@ def _failure(exc: BaseException) -> tuple[int, str]:
     return 500, "internal error"
 
 
-def _log(delivery_id: str | None, event: Event | None, outcome: str, started: float) -> None:
+def _log_signin(request: Request, user: list[str], outcome: str, started: float) -> None:
+    """One line per sign-in call: the path, the token's user id (once verified), outcome."""
+    shown = user[0] if user else "-"
+    ms = (time.monotonic() - started) * 1000
+    log.info("signin %s %s %s %.1fms", request.url.path, shown, outcome, ms)
+
+
+def _log_delivery(
+    delivery_id: str | None, event: Event | None, outcome: str, started: float
+) -> None:
     """One line per delivery: ids, type and outcome only (no personal data, no secret)."""
     fields: list[Any] = [
         delivery_id or "-",

@@ -183,6 +183,13 @@ class ClerkClient:
             raise ClerkDataError("Clerk's /instance answer has no id; stopping.")
         return body
 
+    def get_jwks(self) -> dict[str, Any]:
+        """The instance's session-token keys (``GET /jwks``; Clerk does not rate-limit it)."""
+        body = self._get_json("/jwks", {})
+        if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
+            raise ClerkDataError("Clerk's /jwks answer has no keys.")
+        return body
+
     def get_user(self, user_id: str) -> dict[str, Any] | None:
         """One user, or None when Clerk answers its own 404 (deleted or never existed).
 
@@ -272,11 +279,13 @@ class ClerkClient:
                         method, path, params, missing_ok=missing_ok, max_items=max_items
                     )
         except RetriableError as exc:
-            raise ClerkUnavailableError(
+            error = ClerkUnavailableError(
                 f"Clerk is unavailable: {exc.message} (gave up after "
                 f"{retrying.statistics.get('attempt_number', policy.attempts)} attempts).",
                 "Try again later; nothing was deactivated.",
-            ) from None
+            )
+            error.retry_after = exc.retry_after
+            raise error from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _wait(self, state: RetryCallState) -> float:
