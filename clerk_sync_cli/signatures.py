@@ -4,7 +4,8 @@ A delivery carries ``svix-id``, ``svix-timestamp`` (Unix seconds) and ``svix-sig
 or more space-separated ``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``. The key is the
 base64 after ``whsec_`` in the signing secret Clerk's dashboard shows. Several secrets (a
 rotation) are all accepted; signatures of other versions (``v1a``, asymmetric) are passed
-over. Comparison is constant-time; a timestamp more than five minutes away is refused, so a
+over. The Standard Webhooks names (``webhook-id``, ``webhook-timestamp``,
+``webhook-signature``) are read when the ``svix-`` ones are absent, as its libraries do. Comparison is constant-time; a timestamp more than five minutes away is refused, so a
 captured delivery cannot be replayed later.
 """
 

@@ -1,5 +1,6 @@
-"""``clerk-sync serve``'s HTTP side: an ASGI app (Starlette) with Clerk's webhook endpoint and a
-health check, importable to mount into an existing Python backend::
+"""``clerk-sync serve``'s HTTP side: an ASGI app (Starlette) with Clerk's webhook endpoint, the
+guide's sign-in endpoints (:mod:`clerk_sync_cli.signin`) and a health check, importable to
+mount into an existing Python backend::
 
     from clerk_sync_cli.settings import load_settings
     from clerk_sync_cli.web import create_app
@@ -10,8 +11,10 @@ A delivery is checked in this order, each step before the next reads more of it:
 (405), declared and actual size (413, without reading past the limit), media type (415),
 signature (400 for a missing or malformed header, 401 for a stale or wrong one), body
 (415 not JSON, 400 cannot be processed), then applied (:mod:`clerk_sync_cli.receive`).
-Nothing a sender controls causes a 500, and no answer echoes the payload. Errors become
-statuses in one place, :func:`_failure`; each delivery leaves one log line.
+Nothing a sender controls causes a 500, and no answer echoes the payload. A sign-in call is
+verified by its session token only (401 otherwise; its body is never read). Errors become
+statuses in one place, :func:`_failure`; each delivery and each sign-in call leaves one log
+line, with ids only.
 """
 
 from __future__ import annotations
