@@ -17,6 +17,7 @@ from clerk_sync_cli.emulator.filters import Params, parse_filters
 from clerk_sync_cli.emulator.ids import b62, blake
 from clerk_sync_cli.emulator.query import QueryEngine, parse_list_query
 from clerk_sync_cli.emulator.render import DUMPS, deleted_user
+from clerk_sync_cli.emulator.sessions import SessionKeys
 from clerk_sync_cli.emulator.users import UserStore
 from clerk_sync_cli.emulator.webhooks import Webhooks
 
@@ -28,6 +29,10 @@ _ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("GET", ("v1", "users", "count")),
     ("GET", ("v1", "users", "{id}")),
     ("GET", ("v1", "instance")),
+    ("GET", ("v1", "jwks")),
+    ("GET", ("_emulator", "jwt-key")),
+    ("POST", ("_emulator", "rotate-jwt-key")),
+    ("POST", ("_emulator", "users", "{id}", "session-token")),
     ("POST", ("_emulator", "users")),
     ("PATCH", ("_emulator", "users", "{id}")),
     ("DELETE", ("_emulator", "users", "{id}")),
@@ -89,6 +94,7 @@ class Emulator:
         self._faults = Faults(config, self._lock)
         #: the signed webhooks of this emulator's changes (``wait_idle()``, ``stats()``, ...)
         self.webhooks = Webhooks(config)
+        self.sessions = SessionKeys()
         # Scenario hooks for tests (Python API only, not part of Clerk's API):
         #: ids left out of every list page, yet counted and fetchable (an incomplete listing)
         self.hidden_from_list: set[str] = set()
@@ -168,6 +174,15 @@ class Emulator:
     def get_user(self, user_id: str) -> dict[str, Any] | None:
         return self._users.get_user(user_id)
 
+    def session_token(self, user_id: str, **options: Any) -> str:
+        """A Clerk session token for one of this instance's users (see ``sessions``)."""
+        if self.get_user(user_id) is None:
+            raise KeyError(user_id)
+        return self.sessions.mint(user_id, **options)
+
+    def rotate_jwt_key(self, *, keep_old: bool = True) -> str:
+        return self.sessions.rotate(keep_old=keep_old)
+
     def user_ids(self) -> list[str]:
         """All live ids in ``+created_at`` order (O(n))."""
         return self._users.user_ids()
@@ -239,7 +254,7 @@ class Emulator:
             if is_api:
                 self._faults.delay(params)
             self._authenticate(headers)
-            if is_api:
+            if is_api and label != "GET /v1/jwks":  # Clerk does not rate-limit the JWKS
                 self._faults.admit()
             if label in self.failing_endpoints:
                 raise ApiError(500, "internal_clerk_error", "Oops", "Injected failure.")
@@ -303,6 +318,8 @@ class Emulator:
             return _ok(user)
         if label == "GET /v1/instance":
             return _ok(_instance(self.config))
+        if label == "GET /v1/jwks":
+            return _ok(self.sessions.jwks())
         if " /_emulator/" in label:
             return _ok(control(self, label, arg, body))
         raise not_found(f"No route matches {method} {path}")

@@ -61,7 +61,22 @@ def _create_user(emulator: Emulator, body: bytes) -> Any:
 
 
 #: Routes without a user id: label -> answer.
+def _jwt_key(emulator: Emulator, body: bytes) -> Any:
+    return emulator.sessions.public_pem()
+
+
+def _rotate_jwt_key(emulator: Emulator, body: bytes) -> Any:
+    keep = _json_object(body).get("keep_old", True)
+    return {"kid": emulator.rotate_jwt_key(keep_old=bool(keep))}
+
+
+def _session_token(emulator: Emulator, uid: str, body: bytes) -> Any:
+    return {"jwt": emulator.session_token(uid, **_json_object(body))}
+
+
 _ROUTES: dict[str, Callable[[Emulator, bytes], Any]] = {
+    "GET /_emulator/jwt-key": _jwt_key,
+    "POST /_emulator/rotate-jwt-key": _rotate_jwt_key,
     "GET /_emulator/stats": _stats,
     "POST /_emulator/reset-stats": _reset_stats,
     "GET /_emulator/config": _config,
@@ -93,6 +108,7 @@ _USER_ROUTES: dict[str, Callable[[Emulator, str, bytes], Any]] = {
     "PATCH /_emulator/users/{id}": _update,
     "POST /_emulator/users/{id}/ban": _ban,
     "POST /_emulator/users/{id}/unban": _unban,
+    "POST /_emulator/users/{id}/session-token": _session_token,
     "DELETE /_emulator/users/{id}": _delete,
 }
 
