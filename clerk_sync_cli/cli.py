@@ -867,6 +867,7 @@ def demo(
             and not final.drift
             and live.seen_after_s is not None
             and live.healed
+            and live.signed_in is not None
         )
         reporter.demo_result(outcome.runs, demo_summary(outcome), ok)
     if not ok:

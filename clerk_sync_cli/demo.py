@@ -34,6 +34,9 @@ from clerk_sync_cli.run import Progress, SyncOptions, SyncResult
 from clerk_sync_cli.store import Cursor, Store, connect
 from clerk_sync_cli.sync import reconcile
 
+#: The demo app's origin: its only authorized party.
+APP_ORIGIN = "http://localhost:3000"
+
 
 @dataclass(frozen=True)
 class Drift:
@@ -51,6 +54,7 @@ class LiveDemo:
     seen_after_s: float | None = None
     healed: bool = False
     sync: SyncResult | None = None
+    signed_in: dict[str, Any] | None = None  # the row POST /api/v1/users/sync answered
 
 
 @dataclass
@@ -198,17 +202,23 @@ def live_demo(
     dsn: str,
 ) -> LiveDemo:
     """``serve`` on the demo's database, fed by the emulator's webhooks: a rename arrives
-    within a second; a rename whose webhook is dropped is healed by ``sync``."""
+    within a second; a rename whose webhook is dropped is healed by ``sync``; then a sign-in
+    through ``POST /api/v1/users/sync`` with a session token the emulator mints."""
     from clerk_sync_cli import serve  # uvicorn and starlette: loaded only here
     from clerk_sync_cli.settings import Settings
-    from clerk_sync_cli.web import WEBHOOK_PATH, create_app
+    from clerk_sync_cli.web import SYNC_PATH, WEBHOOK_PATH, create_app
 
     live = LiveDemo()
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-    settings = Settings(database_url=SecretStr(dsn), clerk_webhook_signing_secret=SecretStr(secret))
-    url = (
-        stack.enter_context(serve.in_background(create_app(settings, signin=False))) + WEBHOOK_PATH
+    settings = Settings(
+        database_url=SecretStr(dsn),
+        clerk_webhook_signing_secret=SecretStr(secret),
+        clerk_secret_key=SecretStr(DEFAULT_SECRET_KEY),
+        clerk_api_url=base_url,
+        clerk_authorized_parties=APP_ORIGIN,
     )
+    served = stack.enter_context(serve.in_background(create_app(settings)))
+    url = served + WEBHOOK_PATH
     steps.step(f"$ clerk-sync serve   (the emulator now sends its webhooks to {url})")
     root = base_url.rsplit("/v1", 1)[0] + "/_emulator"
     headers = {"Authorization": f"Bearer {DEFAULT_SECRET_KEY}"}
@@ -233,6 +243,30 @@ def live_demo(
     steps.run_result(title, live.sync)
     live.healed = _wait_for_name(store, second, "Dropped", time.monotonic(), timeout=0) is not None
     http.patch(f"{root}/config", json={"webhook_url": None}, headers=headers).raise_for_status()
+
+    token = (
+        http.post(f"{root}/users/{first}/session-token", json={"azp": APP_ORIGIN}, headers=headers)
+        .raise_for_status()
+        .json()["jwt"]
+    )
+    steps.step(
+        f"A sign-in: the app posts {first}'s Clerk session token to POST {SYNC_PATH} "
+        "(body ignored; the user is fetched from Clerk)"
+    )
+    answer = http.post(
+        served + SYNC_PATH,
+        json={"email": "forged@example.com"},  # what the guide's browser would send: ignored
+        headers={"Authorization": f"Bearer {token}", "Origin": APP_ORIGIN},
+    )
+    if answer.status_code == 200:
+        live.signed_in = answer.json()
+        row = live.signed_in
+        steps.step(
+            f"  200: {row['clerk_id']} {row['first_name']} <{row['email']}>, "
+            f"active={row['is_active']}, id {row['id']}"
+        )
+    else:
+        steps.step(f"  {answer.status_code}: {answer.text[:200]}")
     return live
 
 
@@ -284,4 +318,5 @@ def demo_summary(outcome: DemoOutcome) -> dict[str, Any]:
             else round(outcome.live.seen_after_s, 3),
             "healed_by_sync": outcome.live.healed,
         },
+        "signin": outcome.live.signed_in,
     }

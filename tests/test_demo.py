@@ -129,6 +129,9 @@ def test_demo_runs_the_whole_job_and_cleans_up(tmp_path: str) -> None:
     assert doc["webhooks"]["seen_after_s"] is not None
     assert doc["webhooks"]["seen_after_s"] < 1.0
     assert doc["webhooks"]["healed_by_sync"] is True
+    # a sign-in: the session token only; the forged body is ignored
+    assert doc["signin"]["email"] != "forged@example.com"
+    assert doc["signin"]["is_active"] is True
     assert "Traceback" not in done.stderr
     # nothing left behind: no data directory, no server, no emulator
     assert _clerk_sync_dirs() == before
