@@ -9,7 +9,6 @@ Fixtures only; what tests share besides them is in :mod:`tests.support`.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
 
 from clerk_sync_cli.clerk import ClerkClient
@@ -27,9 +24,7 @@ from clerk_sync_cli.embedded_postgres import embedded_postgres
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
 
 from .existing_project import SUPA_POSTGRES, build_existing_project, install_roles, role_dsn
-from .support import SECRET, Cli
-
-_counter = itertools.count()
+from .support import SECRET, Cli, scratch_database
 
 
 @pytest.fixture(scope="session")
@@ -44,14 +39,8 @@ def pg_admin_dsn() -> Iterator[str]:
 @pytest.fixture
 def dsn(pg_admin_dsn: str) -> Iterator[str]:
     """A brand-new empty database, dropped after the test."""
-    name = f"clerk_sync_test_{os.getpid()}_{next(_counter)}"
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield make_conninfo(pg_admin_dsn, dbname=name)
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    with scratch_database(pg_admin_dsn) as fresh:
+        yield fresh
 
 
 @pytest.fixture(autouse=True)

@@ -3,21 +3,43 @@ emulator, reading rows back, and the two kinds of project every command is teste
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner, Result
 
 from clerk_sync_cli.cli import app
 from clerk_sync_cli.emulator import RunningEmulator
 
 SECRET = "sk_test_emulator"
+
+_databases = itertools.count()
+
+
+@contextmanager
+def scratch_database(admin_dsn: str) -> Iterator[str]:
+    """A brand-new empty database on ``admin_dsn``'s server (its DSN), dropped afterwards."""
+    name = f"clerk_sync_test_{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(admin_dsn, dbname=name)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 @dataclass

@@ -1,9 +1,11 @@
-"""The scheduling recipes in deploy/: the README shows each verbatim, each parses, and each
-runs clerk-sync with options that exist. Checked with the real tool where one is installed."""
+"""The deploy recipes in deploy/ (scheduling, and `serve` as a service or a container): the
+README shows each verbatim, each parses, and each runs clerk-sync with options that exist.
+Checked with the real tool where one is installed."""
 
 from __future__ import annotations
 
 import configparser
+import json
 import re
 import shutil
 import subprocess
@@ -25,6 +27,8 @@ RECIPES = [
     "k8s-cronjob.yaml",
     "clerk-sync.service",
     "clerk-sync.timer",
+    "clerk-sync-serve.service",
+    "Dockerfile",
 ]
 CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*$")
 
@@ -68,7 +72,7 @@ def test_production_installs_leave_the_embedded_postgres_out() -> None:
         for name in RECIPES
         for m in re.finditer(r"pip install[^\n`]*", (DEPLOY / name).read_text())
     ]
-    assert len(installs) >= 2, installs  # the Actions workflow's step, the CronJob's image
+    assert len(installs) >= 3, installs  # the Actions workflow, the CronJob's image, Dockerfile
     for line in installs:
         assert line.split() == ["pip", "install", "."], line
 
@@ -138,6 +142,53 @@ def test_systemd_units() -> None:
     assert timer["Install"]["WantedBy"] == "timers.target"
 
 
+def test_serve_service_runs_serve_on_loopback_and_does_not_restart_a_config_error() -> None:
+    service = unit("clerk-sync-serve.service")["Service"]
+    assert service["Type"] == "exec"  # long-running: systemd waits for nothing, restarts it
+    exec_start = service["ExecStart"].split()
+    assert exec_start[0].endswith("/clerk-sync")
+    assert exec_start[1] == "serve"
+    assert_cli_accepts(exec_start[1:])
+    assert exec_start[exec_start.index("--host") + 1] == "127.0.0.1"  # the proxy is in front
+    assert service["EnvironmentFile"] == "/srv/clerk-sync/.env"
+    assert service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"] == "2"  # exit 2: configuration, see README
+    assert "--webhook-signing-secret" not in exec_start  # a secret in ExecStart shows in `ps`
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return [(line.split(None, 1)[0], line.split(None, 1)[1]) for line in lines]
+
+
+def test_dockerfile_runs_serve_and_copies_what_the_wheel_is_built_from() -> None:
+    instructions = dockerfile_instructions()
+    entrypoint = [json.loads(a) for i, a in instructions if i == "ENTRYPOINT"]
+    cmd = [json.loads(a) for i, a in instructions if i == "CMD"]
+    assert entrypoint == [["clerk-sync"]]
+    [args] = cmd
+    assert args[0] == "serve"
+    assert_cli_accepts(args)
+    # the port serve listens on is the one exposed, and the one the health check asks
+    port = args[args.index("--port") + 1]
+    assert ("EXPOSE", port) in instructions
+    [health] = [a for i, a in instructions if i == "HEALTHCHECK"]
+    assert f"127.0.0.1:{port}/healthz" in health
+    # not root, and no settings baked into the image
+    [user] = [a for i, a in instructions if i == "USER"]
+    assert not user.startswith(("0", "root"))
+    copied = {src for i, a in instructions if i == "COPY" for src in a.split()[:-1]}
+    assert not any(".env" in c for c in copied), copied
+    # `pip install .` builds the wheel from these: the readme, the package, the SQL it ships
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
+    needed = {project["project"]["readme"], "pyproject.toml", *wheel["packages"]}
+    needed |= set(wheel["force-include"])
+    assert {n.rstrip("/") for n in needed} <= {c.rstrip("/") for c in copied}, copied
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")
 def test_systemd_units_verify(tmp_path: Path) -> None:
     """`systemd-analyze verify`, with /srv/clerk-sync moved to a temp dir holding a stub
@@ -147,11 +198,13 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     stub = root / ".venv" / "bin" / "clerk-sync"
     stub.write_text("#!/bin/sh\n")
     stub.chmod(0o755)
-    for name in ("clerk-sync.service", "clerk-sync.timer"):
+    (root / ".env").write_text("")
+    units = ("clerk-sync.service", "clerk-sync.timer", "clerk-sync-serve.service")
+    for name in units:
         text = (DEPLOY / name).read_text().replace("/srv/clerk-sync", str(root))
         (tmp_path / name).write_text(text)
     checked = subprocess.run(
-        ["systemd-analyze", "verify", "clerk-sync.timer", "clerk-sync.service"],
+        ["systemd-analyze", "verify", *units],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -19,16 +19,12 @@ import base64
 import copy
 import hashlib
 import hmac
-import itertools
 import json
 import os
 import secrets
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,14 +36,12 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .support import SECRET, Cli, populate, rows
+from .serving import ServeProcess, free_port, refused_start, serve_processes
+from .support import SECRET, Cli, populate, rows, scratch_database
 
-SERVE = [sys.executable, "-m", "clerk_sync_cli", "serve"]
 SYNC = "/api/v1/users/sync"
 PROFILE = "/api/v1/users/profile"
 SETTINGS = "/api/v1/users/settings"
@@ -79,8 +73,6 @@ JWKS_CALLS = "GET /v1/jwks"
 EXAMPLE: dict[str, Any] = json.loads(
     (Path(__file__).parent / "data" / "clerk_user_example.json").read_text()
 )
-
-_db_counter = itertools.count()
 
 
 # -- tokens -------------------------------------------------------------------------------------
@@ -191,12 +183,6 @@ def event(kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
 # -- serve as its own process -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 #: Names serve reads that a developer's environment must not leak into a test.
 SERVE_NAMES = ("CLERK_WEBHOOK_SIGNING_SECRET", "CLERK_AUTHORIZED_PARTIES", "CLERK_JWT_KEY")
 
@@ -215,15 +201,7 @@ def serve_env(cli: Cli, env: Mapping[str, str | None]) -> dict[str, str]:
 
 
 @dataclass
-class Serve:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
+class Serve(ServeProcess):
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.post(self.url + path, timeout=15, **kwargs)
 
@@ -237,51 +215,14 @@ class Serve:
         body, headers = delivery(doc)
         return self.post(WEBHOOK, content=body, headers=headers)
 
-    def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"serve exited with {self.process.returncode}:\n{self.log()}")
-            with suppress(httpx.TransportError):
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.05)
-        pytest.fail(f"serve was not healthy within {timeout} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
 
 @contextmanager
 def serving(
     cli: Cli, logs: Path, *args: str, env: Mapping[str, str | None] | None = None
 ) -> Iterator[Serve]:
-    """One healthy ``clerk-sync serve`` process, always stopped afterwards; its output goes to
-    a file (a pipe nobody reads would block it)."""
-    port = free_port()
-    log_path = logs / f"serve-{port}.log"
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(
-            [*SERVE, "--host", "127.0.0.1", "--port", str(port), *args],
-            env=serve_env(cli, env or {}),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Serve(process, port, log_path)
-    try:
-        server.wait_ready()
+    """One healthy ``clerk-sync serve`` process, always stopped afterwards."""
+    with serve_processes(Serve, logs, args, serve_env(cli, env or {})) as [server]:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -386,14 +327,8 @@ def clerk_values(user: Mapping[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def second_dsn(pg_admin_dsn: str) -> Iterator[str]:
     """Another empty database, for writing the same user by another way."""
-    name = f"clerk_sync_signin_{os.getpid()}_{next(_db_counter)}"
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield make_conninfo(pg_admin_dsn, dbname=name)
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    with scratch_database(pg_admin_dsn) as fresh:
+        yield fresh
 
 
 def make_user(emulator: RunningEmulator, tag: str, **fields: Any) -> dict[str, Any]:
@@ -986,19 +921,9 @@ def test_a_table_pinned_to_another_instance_is_refused_and_written_nothing(
 def test_serve_refuses_to_start_without_authorized_parties(
     cli: Cli, db: psycopg.Connection[Any], pem: str, parties: str | None
 ) -> None:
-    process = subprocess.Popen(
-        [*SERVE, "--port", str(free_port())],
-        env=serve_env(cli, {"CLERK_AUTHORIZED_PARTIES": parties, "CLERK_JWT_KEY": pem}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, err = process.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        pytest.fail("serve started without CLERK_AUTHORIZED_PARTIES")
+    env = serve_env(cli, {"CLERK_AUTHORIZED_PARTIES": parties, "CLERK_JWT_KEY": pem})
+    process = refused_start(env, "CLERK_AUTHORIZED_PARTIES")
+    out, err = process.stdout, process.stderr
     assert process.returncode == 2, (process.returncode, err)
     assert "Traceback" not in out + err
     # one error line naming the variable (and, as every command has, at most one indented hint)

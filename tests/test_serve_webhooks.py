@@ -21,8 +21,6 @@ import random
 import secrets
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -42,11 +40,11 @@ from svix.webhooks import Webhook
 
 from clerk_sync_cli.emulator import RunningEmulator
 
+from .serving import ServeProcess, free_port, refused_start, serve_processes
 from .support import BOTH_SCHEMAS, SECRET, Cli, populate, rows, spawn
 
 T = TypeVar("T")
 
-SERVE = [sys.executable, "-m", "clerk_sync_cli", "serve"]
 WEBHOOK_PATH = "/api/webhooks/clerk"
 SIGNING_SECRET = "whsec_" + base64.b64encode(b"clerk-sync serve tests: key one!").decode()
 SECOND_SECRET = "whsec_" + base64.b64encode(b"clerk-sync serve tests: key two!").decode()
@@ -158,12 +156,6 @@ def concurrently(calls: list[Callable[[], T]]) -> list[T]:
 # -- serve as its own process -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def serve_env(cli: Cli, env: Mapping[str, str | None]) -> dict[str, str]:
     """What ``spawn`` gives a command, with the signing secret set (``None`` unsets a name)."""
     merged: dict[str, str | None] = {
@@ -178,15 +170,7 @@ def serve_env(cli: Cli, env: Mapping[str, str | None]) -> dict[str, str]:
 
 
 @dataclass
-class Serve:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
+class Serve(ServeProcess):
     @property
     def hook(self) -> str:
         return self.url + WEBHOOK_PATH
@@ -207,29 +191,6 @@ class Serve:
     def healthz(self) -> int:
         return httpx.get(self.url + "/healthz", timeout=15).status_code
 
-    def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"serve exited with {self.process.returncode}:\n{self.log()}")
-            with suppress(httpx.TransportError):
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.05)
-        pytest.fail(f"serve was not healthy within {timeout} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
 
 @contextmanager
 def serving(
@@ -239,27 +200,9 @@ def serving(
     count: int = 1,
     env: Mapping[str, str | None] | None = None,
 ) -> Iterator[list[Serve]]:
-    """``count`` ``clerk-sync serve`` processes, healthy; always stopped afterwards. Their
-    stdout and stderr go to one file each (a pipe nobody reads would block them)."""
-    servers: list[Serve] = []
-    try:
-        for _ in range(count):
-            port = free_port()
-            log_path = logs / f"serve-{port}.log"
-            with log_path.open("wb") as out:
-                process = subprocess.Popen(
-                    [*SERVE, "--host", "127.0.0.1", "--port", str(port), *args],
-                    env=serve_env(cli, env or {}),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            servers.append(Serve(process, port, log_path))
-        for server in servers:
-            server.wait_ready()
+    """``count`` ``clerk-sync serve`` processes, healthy; always stopped afterwards."""
+    with serve_processes(Serve, logs, args, serve_env(cli, env or {}), count) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 @pytest.fixture
@@ -337,19 +280,8 @@ def test_serve_refuses_to_start_without_a_signing_secret(
     cli: Cli, db: psycopg.Connection[Any], secret: str | None
 ) -> None:
     env = serve_env(cli, {"CLERK_WEBHOOK_SIGNING_SECRET": secret})
-    process = subprocess.Popen(
-        [*SERVE, "--port", str(free_port())],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, err = process.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        pytest.fail("serve started without a usable signing secret")
+    process = refused_start(env, "a usable signing secret")
+    out, err = process.stdout, process.stderr
     assert process.returncode == 2, err
     # one error line naming the variable (and, as every command does, an indented hint)
     error, *hint = err.strip().splitlines()
