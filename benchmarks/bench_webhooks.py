@@ -19,6 +19,7 @@ import base64
 import copy
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +36,6 @@ import psycopg
 from clerk_sync_cli.embedded_postgres import embedded_postgres
 from clerk_sync_cli.signatures import sign
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "clerk-user-example.json"
 SECRET = "whsec_" + base64.b64encode(b"clerk-sync-benchmark-secret!").decode()
 INSTANCE = "ins_bench"
 
@@ -78,7 +78,7 @@ def event(kind: str, data: dict[str, Any]) -> bytes:
 
 
 @contextmanager
-def serving(dsn: str, port: int, connections: int) -> Iterator[str]:
+def serving(dsn: str, port: int, connections: int, profile: str | None) -> Iterator[str]:
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -86,8 +86,23 @@ def serving(dsn: str, port: int, connections: int) -> Iterator[str]:
         "CLERK_SYNC_SERVE_CONNECTIONS": str(connections),
     }
     log = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+    command = [sys.executable, "-m", "clerk_sync_cli", "serve", "--no-signin", "--port", str(port)]
+    if profile:  # py-spy (pip install py-spy) samples serve; a flame graph to open in a browser
+        fmt = "raw" if profile.endswith(".txt") else "flamegraph"
+        command = [
+            "py-spy",
+            "record",
+            "--rate",
+            "50",
+            "--format",
+            fmt,
+            "--output",
+            profile,
+            "--",
+            *command,
+        ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clerk_sync_cli", "serve", "--no-signin", "--port", str(port)],
+        command,
         env=env,
         stdout=log,
         stderr=log,
@@ -103,9 +118,25 @@ def serving(dsn: str, port: int, connections: int) -> Iterator[str]:
             time.sleep(0.05)
         yield base
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        proc.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT; serve stops
+        proc.wait(timeout=30)
         log.close()
+
+
+def cpu_seconds(match: str) -> float:
+    """User + system CPU of every live process whose command line contains ``match``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if match not in cmdline or pid == str(os.getpid()):
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / tick
 
 
 def burst(
@@ -160,6 +191,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--senders", type=int, default=32)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--profile", metavar="SVG", help="record serve with py-spy into SVG")
     args = parser.parse_args()
     n = args.events
     with embedded_postgres() as dsn:
@@ -169,7 +201,7 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        with serving(dsn, free_port(), args.connections) as base:
+        with serving(dsn, free_port(), args.connections, args.profile) as base:
             created = [
                 (f"msg_c{i}", event("user.created", user(i, 1_700_000_000_000 + i, f"First{i}")))
                 for i in range(n)
@@ -181,8 +213,11 @@ def main() -> None:
                 for i in range(n)
             ]
             cpu0 = time.process_time()
+            serve0, pg0 = cpu_seconds("clerk_sync_cli serve"), cpu_seconds("postgres:")
             lat, outcomes, wall = burst(base, updated, args.senders)
             sender_cpu = time.process_time() - cpu0
+            serve_cpu = cpu_seconds("clerk_sync_cli serve") - serve0
+            pg_cpu = cpu_seconds("postgres:") - pg0
             replay_lat, replay, _ = burst(base, copy.copy(updated[:500]), args.senders)
         with psycopg.connect(dsn) as conn:
             renamed = conn.execute(
@@ -196,7 +231,12 @@ def main() -> None:
         n - (renamed[0] if renamed else 0) + sum(v for k, v in outcomes.items() if k != "applied")
     )
     print(f"{n} user.updated from {args.senders} senders, {args.connections} connections:")
-    print(f"  {n / wall:.0f} events/s sustained ({wall:.2f}s); sender CPU {sender_cpu:.1f}s")
+    print(f"  {n / wall:.0f} events/s sustained ({wall:.2f}s)")
+    print(
+        f"  CPU s: senders {sender_cpu:.1f}, serve {serve_cpu:.1f}, Postgres {pg_cpu:.1f} "
+        f"(per event: {sender_cpu / n * 1e3:.2f} / {serve_cpu / n * 1e3:.2f} / "
+        f"{pg_cpu / n * 1e3:.2f} ms)"
+    )
     print(
         f"  latency p50 {pct(lat, 50):.1f} ms, p95 {pct(lat, 95):.1f} ms, p99 {pct(lat, 99):.1f} ms, max {max(lat) * 1000:.1f} ms"
     )
