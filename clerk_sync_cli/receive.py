@@ -64,7 +64,8 @@ class Receiver:
         with self._pool.store() as store:
             try:
                 receipt = store.atomic(
-                    lambda cur: self._apply(cur, target, delivery, event, started)
+                    lambda cur: self._apply(cur, target, delivery, event, started),
+                    pipelined=True,  # BEGIN, the settling and COMMIT ride with the rest
                 )
             except (InstanceMismatchError, InvalidEventError) as exc:
                 refused = (

@@ -26,6 +26,11 @@ class Pool:
         self._lock = threading.Lock()
         self._all: list[Store] = []
 
+    @property
+    def size(self) -> int:
+        """The most connections this pool opens."""
+        return self._size
+
     @contextmanager
     def store(self, timeout: float = 10.0) -> Iterator[Store]:
         """A store for this thread's unit of work; DatabaseUnavailableError if none frees up
