@@ -87,11 +87,13 @@ def serving(dsn: str, port: int, connections: int, profile: str | None) -> Itera
     }
     log = open(os.devnull, "wb")  # noqa: SIM115 - closed below
     command = [sys.executable, "-m", "clerk_sync_cli", "serve", "--no-signin", "--port", str(port)]
-    if profile:  # py-spy (pip install py-spy) samples serve; a flame graph to open in a browser
+    if profile:  # py-spy (pip install py-spy) samples serve while it holds the GIL: .svg a flame
+        # graph to open in a browser, .txt collapsed stacks
         fmt = "raw" if profile.endswith(".txt") else "flamegraph"
         command = [
             "py-spy",
             "record",
+            "--gil",
             "--rate",
             "50",
             "--format",
@@ -191,7 +193,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--senders", type=int, default=32)
     parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--profile", metavar="SVG", help="record serve with py-spy into SVG")
+    parser.add_argument(
+        "--profile", metavar="SVG", help="record serve with py-spy into SVG (or .txt)"
+    )
     args = parser.parse_args()
     n = args.events
     with embedded_postgres() as dsn:

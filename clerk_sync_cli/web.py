@@ -85,19 +85,15 @@ def create_app(
     backend = backend or make_backend(settings)
     receiver = Receiver(backend)
     # As many deliveries in worker threads as there are connections: the rest wait here, in
-    # the event loop, rather than as threads contending for the GIL and the pool (measured:
-    # -15% of serve's CPU per event and p99 250 -> 160 ms in benchmarks/bench_webhooks.py).
+    # the event loop, rather than as threads contending for the GIL and the pool (measured in
+    # benchmarks/bench_webhooks.py: -22% of serve's CPU per event, p99 265 -> 165 ms).
     workers = anyio.CapacityLimiter(backend.pool.size)
 
     async def in_worker(delivery: Delivery, event: Event) -> Receipt:
         try:
-            with anyio.fail_after(POOL_WAIT_S):
-                await workers.acquire()
-        except TimeoutError:
-            raise DatabaseUnavailableError(
-                f"every database connection was busy for {POOL_WAIT_S:g} s",
-                "The database is slow or overloaded; Svix retries the delivery.",
-            ) from None
+            workers.acquire_nowait()  # the common case, without a cancel scope's cost
+        except anyio.WouldBlock:
+            await _acquire_within(workers, POOL_WAIT_S)
         try:
             return await anyio.to_thread.run_sync(receiver.receive, delivery, event)
         finally:
@@ -149,6 +145,18 @@ def create_app(
             )
         )
     return Starlette(routes=routes, middleware=middleware)
+
+
+async def _acquire_within(limiter: anyio.CapacityLimiter, seconds: float) -> None:
+    """Wait for a worker slot; DatabaseUnavailableError (503: Svix retries) after ``seconds``."""
+    try:
+        with anyio.fail_after(seconds):
+            await limiter.acquire()
+    except TimeoutError:
+        raise DatabaseUnavailableError(
+            f"every database connection was busy for {seconds:g} s",
+            "The database is slow or overloaded; Svix retries the delivery.",
+        ) from None
 
 
 def _signin_routes(signing_in: Signin) -> list[Route]:

@@ -1107,3 +1107,59 @@ def test_create_app_mounted_in_fastapi_serves_the_webhook(
     found = row(db, user["id"])
     assert found is not None
     assert found["is_active"] is True
+
+
+def test_deliveries_beyond_the_connections_wait_then_get_503_and_nothing_is_lost(
+    cli: Cli,
+    db: psycopg.Connection[Any],
+    emulator: RunningEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One connection, held by a delivery stuck behind a row lock: the next delivery waits
+    for it in the event loop, and past the wait answers 503 (Svix retries) instead of piling
+    up threads; once the lock goes, both deliveries apply."""
+    from clerk_sync_cli import web
+    from clerk_sync_cli.settings import Settings
+
+    monkeypatch.setattr(web, "POOL_WAIT_S", 0.5)
+    settings = Settings(
+        database_url=cli.env["DATABASE_URL"],
+        clerk_secret_key=SECRET,
+        clerk_api_url=emulator.base_url,
+        clerk_webhook_signing_secret=SIGNING_SECRET,
+        clerk_sync_serve_connections=1,
+    )
+    stuck, other = make_user(emulator, "Stuck"), make_user(emulator, "Other")
+    with running_uvicorn(web.create_app(settings, signin=False)) as url:
+        hook = url + WEBHOOK_PATH
+
+        def deliver(doc: Mapping[str, Any], msg_id: str) -> httpx.Response:
+            body = encode(doc)
+            return post(hook, body, svix_headers(body, msg_id))
+
+        assert outcome(deliver(event("user.created", stuck), new_msg_id())) == "applied"
+        with psycopg.connect(cli.env["DATABASE_URL"]) as locker:
+            locker.execute(
+                "SELECT 1 FROM clerk_sync.user_versions WHERE clerk_id = %s FOR UPDATE",
+                (stuck["id"],),
+            )
+            first_id, second_id = new_msg_id(), new_msg_id()
+            with ThreadPoolExecutor(1) as pool:
+                first = pool.submit(
+                    deliver, event("user.updated", newer(stuck, first_name="Late")), first_id
+                )
+                time.sleep(0.3)  # the first holds the only connection, waiting on the lock
+                started = time.monotonic()
+                second = deliver(event("user.created", other), second_id)
+                waited = time.monotonic() - started
+                assert second.status_code == 503, second.text
+                assert "every database connection was busy" in second.json()["error"]
+                assert 0.4 < waited < 4, waited
+                locker.rollback()  # the lock goes: the first delivery goes on
+                assert outcome(first.result(timeout=15)) == "applied"
+        # Svix's retry of the refused one applies it: nothing lost
+        assert outcome(deliver(event("user.created", other), second_id)) == "applied"
+    for user, name in ((stuck, "Late"), (other, other["first_name"])):
+        found = row(db, user["id"])
+        assert found is not None
+        assert found["first_name"] == name

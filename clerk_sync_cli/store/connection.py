@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -81,6 +81,21 @@ def reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     text = re.sub(r"^connection failed: ", "", text)
     return scrub(text)[:300]
+
+
+_RENDERED: dict[tuple[Any, ...], bytes] = {}
+
+
+def rendered(cur: Cursor, build: Callable[..., sql.Composable], *key: Hashable) -> bytes:
+    """``build(*key)`` as the bytes ``cur``'s connection is sent, composed once per ``key``
+    and client encoding. A statement composed of identifiers costs more to render than to
+    run when it is small: rendering it anew took ~15% of ``serve``'s CPU per webhook
+    (``benchmarks/bench_webhooks.py``, py-spy)."""
+    cache_key = (build, cur.connection.info.encoding, *key)
+    found = _RENDERED.get(cache_key)
+    if found is None:  # two threads may both render it: the same bytes either way
+        found = _RENDERED[cache_key] = build(*key).as_bytes(cur)
+    return found
 
 
 def one(cur: psycopg.Cursor[Any]) -> Any:

@@ -20,7 +20,7 @@ from psycopg.types.json import Json
 from clerk_sync_cli.errors import BatchDataError
 from clerk_sync_cli.mapping import SYNCED_FIELDS, UserRow
 from clerk_sync_cli.plan import DbUser
-from clerk_sync_cli.store.connection import Cursor, one, reason
+from clerk_sync_cli.store.connection import Cursor, one, reason, rendered
 from clerk_sync_cli.tables import Tables
 
 #: The SQL type of each :class:`UserRow` field, to read rows sent as JSON.
@@ -93,6 +93,23 @@ def see_and_compare(
     ``versions`` (a writing call): also return the users whose Clerk version is not recorded
     yet, is newer than the one recorded, or is tombstoned, for the version gate
     (:mod:`~clerk_sync_cli.store.versions`) to record or refuse."""
+    recording = run_id is not None
+    query = rendered(cur, _compare_query, tables, can_read_settings, versions, recording)
+    cur.execute(query, (_rows_json(rows), run_id) if recording else (_rows_json(rows),))
+    seen_before: set[str] = set()
+    differing: dict[str, DbUser | None] = {}
+    for record in cur.fetchall():
+        if record[1]:
+            seen_before.add(record[0])
+        else:
+            differing[record[0]] = None if record[2] is None else DbUser(*record[2:])
+    return seen_before, differing
+
+
+def _compare_query(
+    tables: Tables, can_read_settings: bool, versions: bool, recording: bool
+) -> sql.Composed:
+    """:func:`see_and_compare`'s statement; ``recording``: also record the users as seen."""
     differs = sql.SQL(
         "x.clerk_id IS NULL OR NOT x.has_settings OR ({stored}) IS DISTINCT FROM ({listed})"
     ).format(stored=_fields("x."), listed=_fields("i."))
@@ -103,31 +120,20 @@ def see_and_compare(
             "AND (i.version IS NULL OR v.clerk_updated_at >= i.version))"
         ).format(differs=differs)
     select = _select(tables, can_read_settings)
-    if run_id is None:
-        query = sql.SQL(
+    if not recording:
+        return sql.SQL(
             "WITH i AS (SELECT * FROM {incoming}) SELECT i.clerk_id, false, x.* FROM i "
             "LEFT JOIN ({select}) x ON x.clerk_id = i.clerk_id WHERE {differs}"
         ).format(incoming=_incoming("i"), select=select, differs=differs)
-        cur.execute(query, (_rows_json(rows),))
-    else:
-        query = sql.SQL(
-            "WITH i AS (SELECT * FROM {incoming}), "
-            "new AS (INSERT INTO clerk_sync.run_seen (run_id, clerk_id) "
-            "SELECT %s, clerk_id FROM i ON CONFLICT DO NOTHING RETURNING clerk_id) "
-            "SELECT i.clerk_id, new.clerk_id IS NULL AS seen_before, x.* "
-            "FROM i LEFT JOIN new ON new.clerk_id = i.clerk_id "
-            "LEFT JOIN ({select}) x ON x.clerk_id = i.clerk_id "
-            "WHERE new.clerk_id IS NULL OR {differs}"
-        ).format(incoming=_incoming("i"), select=select, differs=differs)
-        cur.execute(query, (_rows_json(rows), run_id))
-    seen_before: set[str] = set()
-    differing: dict[str, DbUser | None] = {}
-    for record in cur.fetchall():
-        if record[1]:
-            seen_before.add(record[0])
-        else:
-            differing[record[0]] = None if record[2] is None else DbUser(*record[2:])
-    return seen_before, differing
+    return sql.SQL(
+        "WITH i AS (SELECT * FROM {incoming}), "
+        "new AS (INSERT INTO clerk_sync.run_seen (run_id, clerk_id) "
+        "SELECT %s, clerk_id FROM i ON CONFLICT DO NOTHING RETURNING clerk_id) "
+        "SELECT i.clerk_id, new.clerk_id IS NULL AS seen_before, x.* "
+        "FROM i LEFT JOIN new ON new.clerk_id = i.clerk_id "
+        "LEFT JOIN ({select}) x ON x.clerk_id = i.clerk_id "
+        "WHERE new.clerk_id IS NULL OR {differs}"
+    ).format(incoming=_incoming("i"), select=select, differs=differs)
 
 
 def fetch(
@@ -231,21 +237,7 @@ def upsert(
     Returns the clerk_ids inserted, updated, and given a settings row. A row whose stored
     values already equal Clerk's is left untouched, even if it changed since it was read.
     """
-    cols = _fields("")
-    excluded = _fields("EXCLUDED.")
-    query = sql.SQL(
-        "INSERT INTO {users} AS u (clerk_id, {cols}, created_at) "
-        "SELECT clerk_id, {cols}, COALESCE(created_at, now()) FROM {incoming} "
-        "ON CONFLICT (clerk_id) DO UPDATE SET ({cols}) = ROW({excluded}) "
-        "WHERE ({current}) IS DISTINCT FROM ({excluded}) "
-        "RETURNING u.clerk_id, (xmax = 0) AS inserted"
-    ).format(
-        users=tables.users_ident(),
-        cols=cols,
-        excluded=excluded,
-        current=_fields("u."),
-        incoming=_incoming("x"),
-    )
+    query = rendered(cur, _upsert_query, tables)
     inserted: set[str] = set()
     updated: set[str] = set()
     repaired: set[str] = set()
@@ -263,6 +255,23 @@ def upsert(
         raise BatchDataError(reason(exc)) from None
     cur.execute("RELEASE SAVEPOINT clerk_sync_batch")
     return inserted, updated, repaired
+
+
+def _upsert_query(tables: Tables) -> sql.Composed:
+    excluded = _fields("EXCLUDED.")
+    return sql.SQL(
+        "INSERT INTO {users} AS u (clerk_id, {cols}, created_at) "
+        "SELECT clerk_id, {cols}, COALESCE(created_at, now()) FROM {incoming} "
+        "ON CONFLICT (clerk_id) DO UPDATE SET ({cols}) = ROW({excluded}) "
+        "WHERE ({current}) IS DISTINCT FROM ({excluded}) "
+        "RETURNING u.clerk_id, (xmax = 0) AS inserted"
+    ).format(
+        users=tables.users_ident(),
+        cols=_fields(""),
+        excluded=excluded,
+        current=_fields("u."),
+        incoming=_incoming("x"),
+    )
 
 
 def _repair_settings(cur: Cursor, tables: Tables, clerk_ids: Sequence[str]) -> set[str]:
