@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 SECRET_KEY = "sk_test_emulator"  # noqa: S105 - the emulator's public test key
 PAGE = 500
+#: A production key's Backend API limit: 1,000 requests per 10 s.
+PRODUCTION_RPS = 100.0
 MAX_RPS = "100000"  # lift clerk-sync's sk_test_ pace (9 req/s): we measure CPU and DB cost
 BENCH_APP = "clerk-sync-bench"
 REPO = Path(__file__).resolve().parent.parent
@@ -136,6 +138,40 @@ def child_naive(url: str, dsn: str, max_users: int | None) -> dict[str, Any]:
     return {"users": users, "work_s": time.perf_counter() - started}
 
 
+#: The database floor's statement: a page of the same rows upserted in one statement, as
+#: clerk-sync's own upsert does, with the app's settings trigger firing; no Clerk, no mapping.
+DB_FLOOR_SQL = (
+    "INSERT INTO public.users (clerk_id, email, first_name, last_name, profile_image_url, "
+    "is_active, created_at) SELECT clerk_id, email, first_name, last_name, profile_image_url, "
+    "is_active, to_timestamp(created_at / 1000.0) FROM json_to_recordset(%s::json) AS "
+    "x(clerk_id text, email text, first_name text, last_name text, profile_image_url text, "
+    "is_active boolean, created_at bigint) "
+    "ON CONFLICT (clerk_id) DO UPDATE SET email = EXCLUDED.email, "
+    "first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, "
+    "profile_image_url = EXCLUDED.profile_image_url, is_active = EXCLUDED.is_active"
+)
+ROW_KEYS = ("clerk_id", "email", "first_name", "last_name", "profile_image_url", "is_active")
+
+
+def child_db_floor(dsn: str, pages_path: str) -> dict[str, Any]:
+    """Upsert the pages the warm-up saved (one ``count<TAB>json`` line each), one statement
+    and one commit a page: what Postgres alone needs for a backfill."""
+    import psycopg
+
+    started = time.perf_counter()
+    users = 0
+    with (
+        psycopg.connect(dsn, application_name="bench-db-floor") as conn,
+        open(pages_path, encoding="utf-8") as pages,
+    ):
+        for line in pages:
+            count, page = line.split("\t", 1)
+            conn.execute(DB_FLOOR_SQL, (page,))
+            conn.commit()
+            users += int(count)
+    return {"users": users, "work_s": time.perf_counter() - started}
+
+
 def child_spawner() -> None:
     """Run the commands it is sent (one JSON line each) and answer with their measurements.
 
@@ -157,6 +193,8 @@ def run_child_mode(args: argparse.Namespace) -> None:
         return
     if args.child == "floor":
         result = child_floor(args.url)
+    elif args.child == "db-floor":
+        result = child_db_floor(args.dsn, args.pages)
     else:
         result = child_naive(args.url, args.dsn, args.max_users)
     print(json.dumps(result))
@@ -631,6 +669,19 @@ class Bench:
             row.ok = False
         return row
 
+    def db_floor(self, n: int, emulator: Emulator, pg: Postgres, pages: Path) -> Row:
+        """The database floor: the same users upserted in 500-row pages into a fresh database
+        with the app's schema (its settings trigger firing), no Clerk at all."""
+        dsn = pg.create_database("bench_db_floor")
+        self.init_db(emulator, dsn)
+        row = Row(n, "database floor (500-row upserts, no Clerk)", n, expected_rows=n)
+        cmd = [*self._child("db-floor", emulator.url), "--dsn", dsn, "--pages", str(pages)]
+        doc = self.measure(row, cmd, emulator, pg, dsn)
+        row.rows_written = row.verified.get("users_stat")
+        if doc.get("users") != n or row.rows_written != n:
+            row.ok = False
+        return row
+
     def clerk_sync_run(
         self,
         n: int,
@@ -682,6 +733,7 @@ class Bench:
             floor = self.floor(n, emulator, self.args.floor_runs)
             if not self.args.skip_naive:
                 self.naive(n, emulator, pg)
+            self.db_floor(n, emulator, pg, self.pages_path(n))
             dsn = pg.create_database("bench_sync")
             self.init_db(emulator, dsn)
             self.clerk_sync_run(n, "clerk-sync backfill", "backfill", emulator, pg, dsn, n)
@@ -728,17 +780,25 @@ class Bench:
             self.clerk_sync_run(n, label, "diff", emulator, pg, dsn, 0, extra)
         self.ratios(n, floor)
 
+    def pages_path(self, n: int) -> Path:
+        return Path(self.workdir) / f"pages-{n}.tsv"
+
     def warm_up(self, n: int, emulator: Emulator) -> list[str]:
         """One unmeasured walk: fills the emulator's serialized-user cache (so no scenario
-        pays the first touch) and picks 1% of the users, evenly spread, to rename later."""
+        pays the first touch), picks 1% of the users, evenly spread, to rename later, and
+        saves every page as the rows the database floor upserts."""
         step = 100
         picks: list[str] = []
         index = 0
-        for page in _walk(emulator.http, emulator.url):
-            for user in page:
-                if index % step == step // 2:
-                    picks.append(user["id"])
-                index += 1
+        with self.pages_path(n).open("w", encoding="utf-8") as saved:
+            for page in _walk(emulator.http, emulator.url):
+                for user in page:
+                    if index % step == step // 2:
+                        picks.append(user["id"])
+                    index += 1
+                keys = (*ROW_KEYS, "created_at")
+                rows = [dict(zip(keys, _naive_params(u), strict=True)) for u in page]
+                saved.write(f"{len(rows)}\t{json.dumps(rows)}\n")
         if index != n:
             raise RuntimeError(f"the emulator listed {index} users, expected {n}")
         return picks
@@ -798,8 +858,8 @@ def _f(value: float, digits: int = 2) -> str:
 def table(rows: Sequence[Row]) -> list[str]:
     out = [
         "| N | scenario | wall s | users/s | x floor | peak RSS MB | CPU s: client / emulator / "
-        "Postgres / other processes | API requests | rows written | check |",
-        "|---:|---|---:|---:|---:|---:|---|---:|---|---|",
+        "Postgres / other processes | client CPU µs/user | API requests | rows written | check |",
+        "|---:|---|---:|---:|---:|---:|---|---:|---:|---|---|",
     ]
     for r in rows:
         users_s = r.users / r.wall_s if r.wall_s and not math.isnan(r.wall_s) else math.nan
@@ -818,9 +878,11 @@ def table(rows: Sequence[Row]) -> list[str]:
         cpu = (
             f"{_f(r.cpu_s)} / {_f(r.emulator_cpu_s)} / {_f(r.postgres_cpu_s)} / {_f(r.other_cpu_s)}"
         )
+        per_user = r.cpu_s / r.users * 1e6 if r.users else math.nan
         out.append(
             f"| {r.n:,} | {r.scenario} | {_f(r.wall_s)} | {_f(users_s, 0)} | {_f(r.ratio)} | "
-            f"{_f(r.peak_rss_mb, 1)} | {cpu} | {r.requests:,} | {written} | {check} |"
+            f"{_f(r.peak_rss_mb, 1)} | {cpu} | {_f(per_user, 1)} | {r.requests:,} | {written} "
+            f"| {check} |"
         )
     return out
 
@@ -865,6 +927,27 @@ def targets(bench: Bench) -> list[str]:
                 f"- N={n:,} backfill ≤ 1.5x floor{tag}: {back.ratio:.2f}x "
                 f"({back.wall_s:.2f} s vs {floor.wall_s:.2f} s; in-process {work:.2f}x): "
                 f"{verdict(back.ratio <= 1.5 and back.ok)}"
+            )
+        db_floor = _find(rows, n, "database floor")
+        if back and db_floor:
+            over = back.wall_s / db_floor.wall_s
+            lines.append(
+                f"- N={n:,} backfill ≤ 1.3x the database floor: {over:.2f}x "
+                f"({back.wall_s:.2f} s vs {db_floor.wall_s:.2f} s; Postgres CPU "
+                f"{back.postgres_cpu_s:.2f} vs {db_floor.postgres_cpu_s:.2f} s): "
+                f"{verdict(over <= 1.3 and back.ok and db_floor.ok)}"
+            )
+        if same and same.users:
+            per_user = same.cpu_s / same.users * 1e6
+            lines.append(
+                f"- N={n:,} diff, nothing changed, client CPU ≤ 12 µs per user: "
+                f"{per_user:.1f} µs (start-up included): {verdict(per_user <= 12)}"
+            )
+            paced = same.requests / PRODUCTION_RPS
+            lines.append(
+                f"- N={n:,} diff, nothing changed, rate-limit floor with a production key: "
+                f"{same.requests} requests ÷ {PRODUCTION_RPS:g}/s = {paced:.2f} s; this run, "
+                f"unpaced: {same.wall_s:.2f} s (the paced run is not measured here)"
             )
         if same:
             zero = same.rows_written == 0 and same.verified.get("users_xmin") == 0
@@ -1031,7 +1114,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="write/update this markdown file, e.g. "
         "benchmarks/RESULTS.md (default: print the table)",
     )
-    parser.add_argument("--child", choices=("floor", "naive", "spawner"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=("floor", "naive", "db-floor", "spawner"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--pages", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--max-users", type=int, help=argparse.SUPPRESS)
