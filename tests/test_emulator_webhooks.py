@@ -543,3 +543,33 @@ def test_cli_refuses_a_bad_webhook_url_or_secret() -> None:
     assert "signing secret" in bad_secret.output + bad_secret.stderr
     assert secret_value not in bad_secret.output + bad_secret.stderr
     assert runner.invoke(app, ["emulator", "--webhook-drop", "2"]).exit_code == 2
+
+
+@pytest.mark.parametrize(("cache_mb", "all_kept"), [(1, False), (256, True)])
+def test_cli_cache_mb_bounds_the_users_kept_rendered(cache_mb: int, all_kept: bool) -> None:
+    """``--cache-mb``: what the benchmark raises at 1M users so the emulator is not what it
+    measures; within the budget every listed user stays rendered, beyond it the oldest go."""
+    args = ["emulator", "--port", "0", "--users", "1500", "--cache-mb", str(cache_mb)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clerk_sync_cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        match = re.search(r"CLERK_API_URL=(\S+)", cast(Any, process.stdout).readline())
+        assert match
+        api = match.group(1)
+        for offset in (0, 500, 1000):
+            page = httpx.get(api + "/users", params={"limit": 500, "offset": offset}, headers=AUTH)
+            assert len(page.json()) == 500
+        cache = httpx.get(api.removesuffix("/v1") + "/_emulator/stats", headers=AUTH).json()[
+            "render_cache"
+        ]
+        assert cache["budget"] == cache_mb * 1024 * 1024
+        assert cache["bytes"] <= cache["budget"]
+        assert (cache["users"] == 1500) is all_kept, cache
+    finally:
+        process.kill()
+        process.wait()

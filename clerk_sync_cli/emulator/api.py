@@ -215,10 +215,15 @@ class Emulator:
         ``requests_total``, ``api_requests`` (/v1), ``control_requests`` (/_emulator),
         ``by_endpoint`` ({"GET /v1/users": n, ...}), ``by_status`` ({"200": n, ...}),
         ``responses_401``, ``responses_429``, ``responses_5xx``, ``truncated``, ``users_served``
-        (users in list responses), ``connections`` (TCP connections accepted) and
-        ``webhooks`` (see :meth:`Webhooks.stats`).
+        (users in list responses), ``connections`` (TCP connections accepted),
+        ``webhooks`` (see :meth:`Webhooks.stats`) and ``render_cache`` (users and bytes kept
+        rendered, and the budget: ``--cache-mb``).
         """
-        return {**self._faults.stats(), "webhooks": self.webhooks.stats()}
+        return {
+            **self._faults.stats(),
+            "webhooks": self.webhooks.stats(),
+            "render_cache": self._users.cache_stats(),
+        }
 
     def reset_stats(self) -> None:
         """Zero the counters and the fail/throttle/truncate cadence (not the rate-limit window)."""

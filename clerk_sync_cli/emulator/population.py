@@ -340,6 +340,14 @@ class Population:
                 self._bytes_cached += len(data)
         return data
 
+    def cache_stats(self) -> dict[str, int]:
+        """The render cache: users and bytes held, and its budget (``cache_bytes``)."""
+        return {
+            "users": len(self._bytes_cache),
+            "bytes": self._bytes_cached,
+            "budget": self.config.cache_bytes,
+        }
+
     def warm(self, count: int | None = None) -> int:
         """Render the first ``count`` base users (default: all that fit the cache budget)."""
         n = self.n if count is None else min(count, self.n)

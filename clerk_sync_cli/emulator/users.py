@@ -250,6 +250,10 @@ class UserStore:
         with self.lock:
             return self.base.warm(count)
 
+    def cache_stats(self) -> dict[str, int]:
+        with self.lock:
+            return self.base.cache_stats()
+
     def get_user(self, user_id: str) -> dict[str, Any] | None:
         with self.lock:
             try:
