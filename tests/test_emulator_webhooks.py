@@ -469,6 +469,23 @@ def test_webhook_knobs_default_and_are_validated(control: httpx.Client) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def cli_emulator(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """``clerk-sync emulator ARGS`` as a user starts it, and the CLERK_API_URL it prints."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clerk_sync_cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    match = re.search(r"CLERK_API_URL=(\S+)", cast(Any, process.stdout).readline())
+    if not match:
+        process.kill()
+        process.wait()
+        pytest.fail("the emulator printed no CLERK_API_URL")
+    return process, match.group(1)
+
+
 def test_cli_sends_webhooks_and_never_prints_the_secret(receiver: Receiver) -> None:
     args = [
         "emulator",
@@ -484,18 +501,10 @@ def test_cli_sends_webhooks_and_never_prints_the_secret(receiver: Receiver) -> N
         "1",
         "--no-webhook-retry",
     ]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "clerk_sync_cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process, api = cli_emulator(args)
     try:
         stdout = cast(Any, process.stdout)
-        match = re.search(r"CLERK_API_URL=(\S+)", stdout.readline())
-        assert match
-        control_url = match.group(1).removesuffix("/v1") + "/_emulator"
+        control_url = api.removesuffix("/v1") + "/_emulator"
         knobs = httpx.get(control_url + "/config", headers=AUTH).json()
         assert (knobs["webhook_duplicate"], knobs["webhook_retry"]) == (1.0, False)
         secret = knobs["webhook_secret"]
@@ -550,17 +559,8 @@ def test_cli_cache_mb_bounds_the_users_kept_rendered(cache_mb: int, all_kept: bo
     """``--cache-mb``: what the benchmark raises at 1M users so the emulator is not what it
     measures; within the budget every listed user stays rendered, beyond it the oldest go."""
     args = ["emulator", "--port", "0", "--users", "1500", "--cache-mb", str(cache_mb)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "clerk_sync_cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process, api = cli_emulator(args)
     try:
-        match = re.search(r"CLERK_API_URL=(\S+)", cast(Any, process.stdout).readline())
-        assert match
-        api = match.group(1)
         for offset in (0, 500, 1000):
             page = httpx.get(api + "/users", params={"limit": 500, "offset": offset}, headers=AUTH)
             assert len(page.json()) == 500
