@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 import psycopg
+from bench import _proc_cpu  # this directory: the run is `python benchmarks/bench_webhooks.py`
 
 from clerk_sync_cli.embedded_postgres import embedded_postgres
 from clerk_sync_cli.signatures import sign
@@ -127,18 +128,15 @@ def serving(dsn: str, port: int, connections: int, profile: str | None) -> Itera
 
 def cpu_seconds(match: str) -> float:
     """User + system CPU of every live process whose command line contains ``match``."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    total = 0.0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if match not in cmdline or pid == str(os.getpid()):
-                continue
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
+        except (OSError, ValueError):  # gone meanwhile, or not text
             continue
-    return total / tick
+        if match in cmdline and int(pid) != os.getpid():
+            total += _proc_cpu(int(pid))
+    return total
 
 
 def burst(

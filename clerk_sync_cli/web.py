@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from clerk_sync_cli.backend import Backend
 from clerk_sync_cli.clerk import ClerkClient, RetryPolicy
-from clerk_sync_cli.errors import ClerkSyncError, DatabaseUnavailableError
+from clerk_sync_cli.errors import ClerkSyncError
 from clerk_sync_cli.events import Event, parse_event
 from clerk_sync_cli.receive import Receipt, Receiver
 from clerk_sync_cli.scrub import scrub
@@ -44,7 +44,7 @@ from clerk_sync_cli.settings import Settings
 from clerk_sync_cli.signatures import Delivery, SignatureError, verify
 from clerk_sync_cli.signin import Signin
 from clerk_sync_cli.store import Store, connect
-from clerk_sync_cli.store.pool import Pool
+from clerk_sync_cli.store.pool import WAIT_S, Pool, all_busy
 from clerk_sync_cli.tokens import Jwks, Keys, PemKey, Session
 
 WEBHOOK_PATH = "/api/webhooks/clerk"
@@ -54,8 +54,8 @@ PROFILE_PATH = "/api/v1/users/profile"
 SETTINGS_PATH = "/api/v1/users/settings"
 #: The largest delivery accepted; Clerk's user events are a few KiB.
 MAX_BODY = 1024 * 1024
-#: Longest a delivery waits for a free connection before it is answered 503 (Svix waits 15 s).
-POOL_WAIT_S = 10.0
+#: Longest a delivery waits for a free connection before it is answered 503, as the pool's.
+POOL_WAIT_S = WAIT_S
 
 log = logging.getLogger("clerk_sync.serve")
 
@@ -148,15 +148,12 @@ def create_app(
 
 
 async def _acquire_within(limiter: anyio.CapacityLimiter, seconds: float) -> None:
-    """Wait for a worker slot; DatabaseUnavailableError (503: Svix retries) after ``seconds``."""
+    """Wait for a worker slot; the pool's own 503 (:func:`all_busy`) after ``seconds``."""
     try:
         with anyio.fail_after(seconds):
             await limiter.acquire()
     except TimeoutError:
-        raise DatabaseUnavailableError(
-            f"every database connection was busy for {seconds:g} s",
-            "The database is slow or overloaded; Svix retries the delivery.",
-        ) from None
+        raise all_busy(seconds) from None
 
 
 def _signin_routes(signing_in: Signin) -> list[Route]:

@@ -4,6 +4,7 @@ Each test file adds its own ways of talking to it (deliveries, sign-in calls) on
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -18,6 +19,23 @@ import httpx
 import pytest
 
 SERVE = [sys.executable, "-m", "clerk_sync_cli", "serve"]
+
+
+#: Names serve reads that a developer's environment must not leak into a test.
+SERVE_NAMES = ("CLERK_WEBHOOK_SIGNING_SECRET", "CLERK_AUTHORIZED_PARTIES", "CLERK_JWT_KEY")
+
+
+def serve_environment(
+    base: Mapping[str, str], settings: Mapping[str, str | None]
+) -> dict[str, str]:
+    """What a user sets for serve: this environment without serve's own names, ``base`` (the
+    CLI's: database, Clerk) and ``settings`` on top (``None`` unsets a name)."""
+    merged: dict[str, str | None] = {
+        **{k: v for k, v in os.environ.items() if k not in SERVE_NAMES},
+        **base,
+        **settings,
+    }
+    return {name: value for name, value in merged.items() if value is not None}
 
 
 def free_port() -> int:

@@ -20,7 +20,6 @@ import copy
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -39,7 +38,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .serving import ServeProcess, free_port, refused_start, serve_processes
+from .serving import (
+    ServeProcess,
+    free_port,
+    refused_start,
+    serve_environment,
+    serve_processes,
+)
 from .support import SECRET, Cli, populate, rows, scratch_database
 
 SYNC = "/api/v1/users/sync"
@@ -183,21 +188,15 @@ def event(kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
 # -- serve as its own process -------------------------------------------------------------------
 
 
-#: Names serve reads that a developer's environment must not leak into a test.
-SERVE_NAMES = ("CLERK_WEBHOOK_SIGNING_SECRET", "CLERK_AUTHORIZED_PARTIES", "CLERK_JWT_KEY")
-
-
 def serve_env(cli: Cli, env: Mapping[str, str | None]) -> dict[str, str]:
     """What a user sets for serve: the CLI's environment, the signing secret, the authorized
     parties, and ``env`` on top (``None`` unsets a name)."""
-    merged: dict[str, str | None] = {
-        **{k: v for k, v in os.environ.items() if k not in SERVE_NAMES},
-        **cli.env,
+    settings = {
         "CLERK_WEBHOOK_SIGNING_SECRET": SIGNING_SECRET,
         "CLERK_AUTHORIZED_PARTIES": PARTIES,
         **env,
     }
-    return {name: value for name, value in merged.items() if value is not None}
+    return serve_environment(cli.env, settings)
 
 
 @dataclass

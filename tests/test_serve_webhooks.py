@@ -16,7 +16,6 @@ import copy
 import hashlib
 import hmac
 import json
-import os
 import random
 import secrets
 import select
@@ -40,7 +39,13 @@ from svix.webhooks import Webhook
 
 from clerk_sync_cli.emulator import RunningEmulator
 
-from .serving import ServeProcess, free_port, refused_start, serve_processes
+from .serving import (
+    ServeProcess,
+    free_port,
+    refused_start,
+    serve_environment,
+    serve_processes,
+)
 from .support import BOTH_SCHEMAS, SECRET, Cli, populate, rows, spawn
 
 T = TypeVar("T")
@@ -158,15 +163,13 @@ def concurrently(calls: list[Callable[[], T]]) -> list[T]:
 
 def serve_env(cli: Cli, env: Mapping[str, str | None]) -> dict[str, str]:
     """What ``spawn`` gives a command, with the signing secret set (``None`` unsets a name)."""
-    merged: dict[str, str | None] = {
-        **os.environ,
-        **cli.env,
+    settings = {
         "CLERK_WEBHOOK_SIGNING_SECRET": SIGNING_SECRET,
         # the sign-in endpoints are on, as by default (tests/test_serve_signin.py tests them)
         "CLERK_AUTHORIZED_PARTIES": "http://localhost:3000",
         **env,
     }
-    return {name: value for name, value in merged.items() if value is not None}
+    return serve_environment(cli.env, settings)
 
 
 @dataclass

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -22,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from clerk_sync_cli.emulator import RunningEmulator
 
+from .serving import free_port
 from .support import BOTH_SCHEMAS, Cli, count, populate, rows, spawn
 
 # -- crashes and dropped connections ----------------------------------------------------------------
@@ -183,9 +183,7 @@ def pgbouncer(dsn: str) -> Iterator[str]:
             )
         pytest.skip("pgbouncer is not installed")
     params = conninfo_to_dict(dsn)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     base = Path(tempfile.mkdtemp(prefix="clerk-sync-bouncer-"))
     base.chmod(0o777)
     target = " ".join(

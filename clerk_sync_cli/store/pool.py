@@ -16,6 +16,17 @@ from contextlib import contextmanager
 from clerk_sync_cli.errors import DatabaseUnavailableError
 from clerk_sync_cli.store.connection import Store
 
+#: Longest a unit of work waits for a free connection (Svix gives up after 15 s).
+WAIT_S = 10.0
+
+
+def all_busy(seconds: float) -> DatabaseUnavailableError:
+    """What waiting ``seconds`` in vain for a connection is answered (503: Svix retries)."""
+    return DatabaseUnavailableError(
+        f"every database connection was busy for {seconds:g} s",
+        "The database is slow or overloaded; Svix retries the delivery.",
+    )
+
 
 class Pool:
     def __init__(self, make: Callable[[], Store], size: int) -> None:
@@ -32,7 +43,7 @@ class Pool:
         return self._size
 
     @contextmanager
-    def store(self, timeout: float = 10.0) -> Iterator[Store]:
+    def store(self, timeout: float = WAIT_S) -> Iterator[Store]:
         """A store for this thread's unit of work; DatabaseUnavailableError if none frees up
         within ``timeout`` seconds (every connection busy: the database is too slow)."""
         store = self._take(timeout)
@@ -55,10 +66,7 @@ class Pool:
         try:
             return self._idle.get(timeout=timeout)
         except queue.Empty:
-            raise DatabaseUnavailableError(
-                f"every database connection was busy for {timeout:g} s",
-                "The database is slow or overloaded; Svix retries the delivery.",
-            ) from None
+            raise all_busy(timeout) from None
 
     def close(self) -> None:
         with self._lock:
