@@ -1112,6 +1112,7 @@ def test_create_app_mounted_in_fastapi_serves_the_webhook(
     assert found["is_active"] is True
 
 
+@BOTH_SCHEMAS
 def test_deliveries_beyond_the_connections_wait_then_get_503_and_nothing_is_lost(
     cli: Cli,
     db: psycopg.Connection[Any],
