@@ -61,7 +61,8 @@ class Outcome:
     run already had (skipped: counted, warned about and written once a run); ``refused``:
     users the version gate turned away (an older version than one applied, or a deleted
     user), not written and not counted as changes; ``users``: the clerk_ids of the mapped
-    users, first occurrence first."""
+    users, first occurrence first; ``written``: the clerk_ids of the users a row was
+    written for."""
 
     changes: list[Change] = field(default_factory=list)
     unchanged: int = 0
@@ -72,6 +73,7 @@ class Outcome:
     rejected: int = 0  # users Clerk sent that could not be read (in failures too)
     users: list[str] = field(default_factory=list)
     refused: dict[str, versions.Refusal] = field(default_factory=dict)
+    written: set[str] = field(default_factory=set)
 
 
 def apply_users(
@@ -160,6 +162,9 @@ def _write(cur: Cursor, target: Target, changes: list[Change], outcome: Outcome)
             outcome.applied[change.action] += 1
         elif change.action is Action.SETTINGS_MISSING and change.clerk_id in repaired:
             outcome.applied[Action.SETTINGS_MISSING] += 1
+        else:
+            continue
+        outcome.written.add(change.clerk_id)
 
 
 def deactivate(cur: Cursor, target: Target, changes: Sequence[Change]) -> int:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from clerk_sync_cli.errors import InstanceMismatchError
-from clerk_sync_cli.history import Instance, PinDecision, decide_pin
+from clerk_sync_cli.history import Instance, Pin, PinDecision, decide_pin
 from clerk_sync_cli.store import pin
 from clerk_sync_cli.store.connection import Cursor, Store
 
@@ -51,16 +51,30 @@ def check_instance(
     return decision.note
 
 
-def admit_instance(cur: Cursor, instance: Instance, hint: str) -> None:
-    """For a write outside a run (a webhook, a sign-in), in its transaction: ``instance``
-    must be the pinned one; with no pin yet, it is pinned, as a writing run would."""
+def pinned_instance(cur: Cursor, first: Instance) -> Pin:
+    """For writes outside a run (webhooks, sign-ins), in their transaction: the pin; with no
+    pin yet, ``first`` is pinned, as a writing run would."""
     pinned = pin.read(cur)
     if pinned is None:
-        pin.pin(cur, instance, None, replace=False)
+        pin.pin(cur, first, None, replace=False)
         pinned = pin.read(cur)  # another writer may have pinned first
-    if pinned is not None and pinned.instance.id != instance.id:
-        raise InstanceMismatchError(
-            f"the request is for Clerk instance {instance.id}, but the table is pinned to "
-            f"instance {pinned.instance.describe()}",
-            hint,
-        )
+    assert pinned is not None, "a pin exists once written"
+    return pinned
+
+
+def admit_instance(cur: Cursor, instance: Instance, hint: str) -> None:
+    """:func:`pinned_instance`, and ``instance`` must be the pinned one."""
+    refusal = mismatch(instance, pinned_instance(cur, instance), hint)
+    if refusal is not None:
+        raise refusal
+
+
+def mismatch(instance: Instance, pinned: Pin, hint: str) -> InstanceMismatchError | None:
+    """The refusal of a request for ``instance`` when the table is pinned to another."""
+    if pinned.instance.id == instance.id:
+        return None
+    return InstanceMismatchError(
+        f"the request is for Clerk instance {instance.id}, but the table is pinned to "
+        f"instance {pinned.instance.describe()}",
+        hint,
+    )

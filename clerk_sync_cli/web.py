@@ -10,7 +10,8 @@ mount into an existing Python backend::
 A delivery is checked in this order, each step before the next reads more of it: method
 (405), declared and actual size (413, without reading past the limit), media type (415),
 signature (400 for a missing or malformed header, 401 for a stale or wrong one), body
-(415 not JSON, 400 cannot be processed), then applied (:mod:`clerk_sync_cli.receive`).
+(415 not JSON, 400 cannot be processed), then applied together with the deliveries that
+wait with it (:mod:`clerk_sync_cli.batching`, :mod:`clerk_sync_cli.receive`).
 Nothing a sender controls causes a 500, and no answer echoes the payload. A sign-in call is
 verified by its session token only (401 otherwise; its body is never read). Errors become
 statuses in one place, :func:`_failure`; each delivery and each sign-in call leaves one log
@@ -35,16 +36,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from clerk_sync_cli.backend import Backend
+from clerk_sync_cli.batching import Batcher
 from clerk_sync_cli.clerk import ClerkClient, RetryPolicy
 from clerk_sync_cli.errors import ClerkSyncError
 from clerk_sync_cli.events import Event, parse_event
-from clerk_sync_cli.receive import Receipt, Receiver
+from clerk_sync_cli.receive import Item, Receiver
 from clerk_sync_cli.scrub import scrub
 from clerk_sync_cli.settings import Settings
-from clerk_sync_cli.signatures import Delivery, SignatureError, verify
+from clerk_sync_cli.signatures import SignatureError, verify
 from clerk_sync_cli.signin import Signin
 from clerk_sync_cli.store import Store, connect
-from clerk_sync_cli.store.pool import WAIT_S, Pool, all_busy
+from clerk_sync_cli.store.pool import WAIT_S, Pool
 from clerk_sync_cli.tokens import Jwks, Keys, PemKey, Session
 
 WEBHOOK_PATH = "/api/webhooks/clerk"
@@ -83,21 +85,9 @@ def create_app(
     database and Clerk only when a request needs them."""
     keys = settings.webhook_keys()
     backend = backend or make_backend(settings)
-    receiver = Receiver(backend)
-    # As many deliveries in worker threads as there are connections: the rest wait here, in
-    # the event loop, rather than as threads contending for the GIL and the pool (measured in
-    # benchmarks/bench_webhooks.py: -22% of serve's CPU per event, p99 265 -> 165 ms).
-    workers = anyio.CapacityLimiter(backend.pool.size)
-
-    async def in_worker(delivery: Delivery, event: Event) -> Receipt:
-        try:
-            workers.acquire_nowait()  # the common case, without a cancel scope's cost
-        except anyio.WouldBlock:
-            await _acquire_within(workers, POOL_WAIT_S)
-        try:
-            return await anyio.to_thread.run_sync(receiver.receive, delivery, event)
-        finally:
-            workers.release()
+    # Deliveries that arrive together are applied together, in as many transactions at once
+    # as there are connections (benchmarks/bench_webhooks.py measures it).
+    batcher = Batcher(Receiver(backend).receive_many, backend.pool.size, wait_s=POOL_WAIT_S)
 
     async def webhook(request: Request) -> Response:
         started = time.monotonic()
@@ -109,7 +99,7 @@ def create_app(
             delivery = verify(keys, request.headers, body, now=now())
             delivery_id = delivery.id
             event = parse_event(body)
-            receipt = await in_worker(delivery, event)
+            receipt = await batcher.receive(Item(delivery, event, started))
         except Exception as exc:  # every failure is answered, see _failure
             status, message = _failure(exc)
             _log_delivery(delivery_id, event, f"{status} {message}", started)
@@ -145,15 +135,6 @@ def create_app(
             )
         )
     return Starlette(routes=routes, middleware=middleware)
-
-
-async def _acquire_within(limiter: anyio.CapacityLimiter, seconds: float) -> None:
-    """Wait for a worker slot; the pool's own 503 (:func:`all_busy`) after ``seconds``."""
-    try:
-        with anyio.fail_after(seconds):
-            await limiter.acquire()
-    except TimeoutError:
-        raise all_busy(seconds) from None
 
 
 def _signin_routes(signing_in: Signin) -> list[Route]:

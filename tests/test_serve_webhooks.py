@@ -1167,3 +1167,137 @@ def test_deliveries_beyond_the_connections_wait_then_get_503_and_nothing_is_lost
         found = row(db, user["id"])
         assert found is not None
         assert found["first_name"] == name
+
+
+def test_deliveries_that_arrive_together_are_applied_together_each_answered_alone(
+    cli: Cli, db: psycopg.Connection[Any], emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """One connection, held while a burst queues: the burst is applied in one transaction
+    (its delivery rows share it), yet each delivery is answered for itself: a duplicate, a
+    stale version, another instance (409) and a user the database refuses (400) neither
+    fail nor block the rest, and the refused ones give their claims back for Svix's retry."""
+    stuck = make_user(emulator, "Holder")
+    fresh = [make_user(emulator, f"Burst{i}") for i in range(5)]
+    twice = make_user(emulator, "Twice")
+    gone, refused, stranger = (make_user(emulator, tag) for tag in ("Gone", "Refused", "Alien"))
+    with serving(cli, tmp_path, env={"CLERK_SYNC_SERVE_CONNECTIONS": "1"}) as [server]:
+        for user in (stuck, twice, gone):
+            assert outcome(server.deliver(event("user.created", user))) == "applied"
+        db.execute(
+            "ALTER TABLE users ADD CONSTRAINT test_refuses CHECK (first_name <> 'Refusable')"
+        )
+        shared = new_msg_id()
+        burst = {
+            **{f"fresh {i}": server.signed(event("user.created", u)) for i, u in enumerate(fresh)},
+            "shared": server.signed(event("user.created", fresh[0]), shared),
+            "shared again": server.signed(event("user.created", fresh[0]), shared),
+            "newer": server.signed(event("user.updated", newer(twice, 2000, first_name="New"))),
+            "older": server.signed(event("user.updated", newer(twice, 1000, first_name="Old"))),
+            "deleted": server.signed(deleted(gone["id"])),
+            "ignored": server.signed(event("session.created", {"object": "session"})),
+            "alien": server.signed(event("user.created", stranger, instance_id="ins_other")),
+            "refused": server.signed(
+                event("user.created", {**refused, "first_name": "Refusable"}), "msg_refused"
+            ),
+        }
+        answers = queued_together(server, cli, stuck, burst)
+    got = summary(answers)
+    assert all(got[f"fresh {i}"] == (200, "applied") for i in range(1, 5)), got
+    # one user's deliveries take turns: the first applies, the same version again is
+    # unchanged, the same svix-id again a duplicate
+    assert sorted([got["fresh 0"], got["shared"], got["shared again"]]) == sorted(
+        [(200, "applied"), (200, "unchanged"), (200, "duplicate")]
+    ), got
+    assert got["newer"] == (200, "applied"), got
+    assert got["older"] in ((200, "applied"), (200, "stale")), got  # whichever came first
+    assert got["deleted"] == (200, "applied"), got
+    assert got["ignored"] == (200, "ignored"), got
+    assert got["alien"][0] == 409, got
+    assert got["refused"][0] == 400 and "refused the user" in answers["refused"].text, got
+    # the rows: every applied change, the newest version, nothing from the refused ones
+    for user in fresh:
+        assert row(db, user["id"]) is not None
+    assert (row(db, twice["id"]) or {})["first_name"] == "New"
+    assert (row(db, gone["id"]) or {})["is_active"] is False
+    assert row(db, stranger["id"]) is None and row(db, refused["id"]) is None
+    # one transaction for the burst, but for the second delivery of a user, which waits
+    together = [u["id"] for u in fresh[1:]] + [stranger["id"], refused["id"]]
+    found = db.execute(
+        "SELECT count(*), count(DISTINCT xmin::text) FROM clerk_sync.webhook_events "
+        "WHERE clerk_id = ANY(%s) OR event_type IN ('user.deleted', 'session.created')",
+        (together,),
+    ).fetchone()
+    assert found == (len(together) + 2, 1)
+    claims = db.execute(
+        "SELECT svix_id, claimed, outcome FROM clerk_sync.webhook_events "
+        "WHERE svix_id = 'msg_refused' OR clerk_id = %s",
+        (stranger["id"],),
+    ).fetchall()
+    assert sorted((claimed, outcome_) for _, claimed, outcome_ in claims) == [
+        (False, "invalid"),
+        (False, "refused"),
+    ]
+
+
+def test_a_delivery_that_fails_its_batch_is_answered_alone_and_the_rest_apply(
+    cli: Cli, db: psycopg.Connection[Any], emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """A failure no single user explains (here the database refuses one delivery's row)
+    undoes the batch's transaction; each of its deliveries is then applied on its own."""
+    stuck = make_user(emulator, "Keeper")
+    users = [make_user(emulator, f"Batch{i}") for i in range(4)]  # the last one: poisoned
+    db.execute(POISON)
+    with serving(cli, tmp_path, env={"CLERK_SYNC_SERVE_CONNECTIONS": "1"}) as [server]:
+        assert outcome(server.deliver(event("user.created", stuck))) == "applied"
+        burst = {f"user {i}": server.signed(event("user.created", users[i])) for i in range(3)}
+        burst["poison"] = server.signed(event("user.created", users[3]), "msg_poison")
+        answers = queued_together(server, cli, stuck, burst)
+    got = summary(answers)
+    assert [got[f"user {i}"] for i in range(3)] == [(200, "applied")] * 3, got
+    assert got["poison"] == (500, "poisoned delivery"), got  # the database's, not the sender's
+    for user in users[:3]:
+        assert row(db, user["id"]) is not None
+    assert row(db, users[3]["id"]) is None
+
+
+POISON = """
+CREATE FUNCTION public.test_poison() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF NEW.svix_id = 'msg_poison' THEN
+        RAISE EXCEPTION 'poisoned delivery' USING ERRCODE = '22023';
+    END IF;
+    RETURN NEW;
+END $fn$;
+CREATE TRIGGER test_poison BEFORE INSERT ON clerk_sync.webhook_events
+    FOR EACH ROW EXECUTE FUNCTION public.test_poison();
+"""
+
+
+def queued_together(
+    server: Serve, cli: Cli, stuck: Mapping[str, Any], burst: Mapping[str, Callable[[], Any]]
+) -> dict[str, httpx.Response]:
+    """Send ``burst`` while a delivery for ``stuck`` holds serve's only connection (waiting on
+    a row lock), so that all of it waits in serve's queue; their answers by name."""
+    with psycopg.connect(cli.env["DATABASE_URL"]) as locker:
+        locker.execute(
+            "SELECT 1 FROM clerk_sync.user_versions WHERE clerk_id = %s FOR UPDATE",
+            (stuck["id"],),
+        )
+        with ThreadPoolExecutor(len(burst) + 1) as pool:
+            holder = pool.submit(
+                server.deliver, event("user.updated", newer(stuck, first_name="Held"))
+            )
+            time.sleep(0.5)  # it holds the only connection, waiting on the lock
+            sent = {name: pool.submit(send) for name, send in burst.items()}
+            time.sleep(1.0)  # the burst waits in serve's queue
+            locker.rollback()
+            assert outcome(holder.result(timeout=15)) == "applied"
+            return {name: future.result(timeout=15) for name, future in sent.items()}
+
+
+def summary(answers: Mapping[str, httpx.Response]) -> dict[str, tuple[int, str]]:
+    """Each answer's status and outcome (the start of its error for a refusal)."""
+    return {
+        name: (r.status_code, r.json().get("outcome") or r.json().get("error", "")[:40])
+        for name, r in answers.items()
+    }

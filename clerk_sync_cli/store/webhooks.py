@@ -1,7 +1,7 @@
 """Webhook deliveries (``clerk_sync.webhook_events``): each verified delivery's outcome, and
 the claim that makes a Svix message apply once.
 
-:func:`claim` inserts the delivery's row before anything is written, in the writer's own
+:func:`claim_many` inserts each delivery's row before anything is written, in the writer's own
 transaction: a second delivery of the same ``svix-id`` (a retry, or the same message at the
 same moment on another connection or another ``serve`` process) waits on the unique index
 until the first commits, then finds it claimed. If the first rolls back, its claim goes too,
@@ -10,6 +10,7 @@ and the retry applies it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -20,40 +21,67 @@ from clerk_sync_cli.store.connection import Cursor
 KEEP_DAYS = 30
 
 
-def claim(cur: Cursor, svix_id: str, event_type: str, clerk_id: str | None) -> int | None:
-    """Claim ``svix_id`` for this transaction; None when it was applied already."""
+def claim_many(cur: Cursor, deliveries: Sequence[tuple[str, str, str | None]]) -> dict[str, int]:
+    """Claim each (svix_id, event type, clerk_id) for this transaction, in svix_id order (two
+    transactions claiming overlapping sets take turns, never deadlock); returns the rows of
+    those claimed, by svix_id: one missing was applied already."""
+    if not deliveries:
+        return {}
+    ordered = sorted(deliveries)
     cur.execute(
         "INSERT INTO clerk_sync.webhook_events (svix_id, event_type, clerk_id, outcome, claimed) "
-        "VALUES (%s, %s, %s, %s, true) ON CONFLICT (svix_id) WHERE claimed DO NOTHING "
-        "RETURNING id",
-        (svix_id, event_type, clerk_id, WebhookOutcome.PENDING),
+        "SELECT svix_id, event_type, clerk_id, %s, true "
+        "FROM unnest(%s::text[], %s::text[], %s::text[]) AS d(svix_id, event_type, clerk_id) "
+        "ORDER BY svix_id "
+        "ON CONFLICT (svix_id) WHERE claimed DO NOTHING RETURNING svix_id, id",
+        (WebhookOutcome.PENDING, *(list(column) for column in zip(*ordered, strict=True))),
     )
-    row = cur.fetchone()
-    return None if row is None else int(row[0])
+    return {str(svix_id): int(row_id) for svix_id, row_id in cur.fetchall()}
 
 
-def settle(cur: Cursor, claimed: int, outcome: WebhookOutcome, ms: float) -> None:
-    """Record the outcome of a claimed delivery (in the transaction that claimed it)."""
+@dataclass(frozen=True)
+class Settled:
+    """A claimed delivery's outcome; ``claimed`` false gives the claim back (a refused or
+    invalid delivery: Svix's retry is applied once the cause is fixed)."""
+
+    outcome: WebhookOutcome
+    claimed: bool = True
+
+
+def settle_many(cur: Cursor, settled: Sequence[tuple[int, Settled, float]]) -> None:
+    """Record each claimed delivery's (row id, outcome, ms), in the transaction that claimed
+    it."""
+    if not settled:
+        return
     cur.execute(
-        "UPDATE clerk_sync.webhook_events SET outcome = %s, ms = %s WHERE id = %s",
-        (outcome, ms, claimed),
+        "UPDATE clerk_sync.webhook_events w "
+        "SET outcome = s.outcome, claimed = s.claimed, ms = s.ms "
+        "FROM unnest(%s::bigint[], %s::text[], %s::boolean[], %s::float8[]) "
+        "AS s(id, outcome, claimed, ms) WHERE w.id = s.id",
+        (
+            [row_id for row_id, _, _ in settled],
+            [str(s.outcome) for _, s, _ in settled],
+            [s.claimed for _, s, _ in settled],
+            [ms for _, _, ms in settled],
+        ),
     )
 
 
-def note(
-    cur: Cursor,
-    svix_id: str,
-    event_type: str,
-    clerk_id: str | None,
-    outcome: WebhookOutcome,
-    ms: float,
+def note_many(
+    cur: Cursor, deliveries: Sequence[tuple[str, str, str | None, WebhookOutcome, float]]
 ) -> None:
-    """Record a delivery that claims nothing (a duplicate, a refusal, an invalid body): for
-    ``status``, and so that a retry of a refused one is still applied once fixed."""
+    """Record deliveries that claim nothing (duplicates, refusals, invalid bodies), each
+    (svix_id, event type, clerk_id, outcome, ms): for ``status``, and so that a retry of a
+    refused one is still applied once fixed."""
+    if not deliveries:
+        return
+    columns = [list(column) for column in zip(*deliveries, strict=True)]
     cur.execute(
-        "INSERT INTO clerk_sync.webhook_events "
-        "(svix_id, event_type, clerk_id, outcome, claimed, ms) VALUES (%s, %s, %s, %s, false, %s)",
-        (svix_id, event_type, clerk_id, outcome, ms),
+        "INSERT INTO clerk_sync.webhook_events (svix_id, event_type, clerk_id, outcome, "
+        "claimed, ms) SELECT svix_id, event_type, clerk_id, outcome, false, ms "
+        "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[]) "
+        "AS d(svix_id, event_type, clerk_id, outcome, ms)",
+        (columns[0], columns[1], columns[2], [str(o) for o in columns[3]], columns[4]),
     )
 
 
