@@ -100,9 +100,9 @@ class Receiver:
                     lambda cur: self._apply(cur, target, items),
                     pipelined=True,  # BEGIN, the settling and COMMIT ride with the rest
                 )
-                self._count += len(items)
-                if self._count // PRUNE_EVERY != (self._count - len(items)) // PRUNE_EVERY:
-                    store.run(webhooks.prune)
+                before, self._count = self._count, self._count + len(items)
+                if before % PRUNE_EVERY == 0 or before // PRUNE_EVERY != self._count // PRUNE_EVERY:
+                    store.run(webhooks.prune)  # at the first batch, then every PRUNE_EVERY
                 return results
         except DatabaseUnavailableError as exc:  # a retry of each alone would wait as long
             return [exc] * len(items)
