@@ -390,15 +390,18 @@ class Emulator:
 
 
 @contextlib.contextmanager
-def emulator_process(users: int, latency_ms: float, deep_offset_ms: float) -> Iterator[Emulator]:
-    """``clerk-sync emulator`` as a child process (its own GIL); stopped on exit."""
+def emulator_process(
+    users: int, latency_ms: float, deep_offset_ms: float, *, extra: Sequence[str] = ()
+) -> Iterator[Emulator]:
+    """``clerk-sync emulator`` as a child process (its own GIL), with ``extra`` options (the
+    last ``--rate-limit`` given wins); stopped on exit."""
     import httpx
 
     cmd = [sys.executable, "-m", "clerk_sync_cli", "emulator", "--port", "0"]
     cmd += ["--users", str(users), "--seed", "1", "--rate-limit", "off"]
     # every user kept rendered (~2.2 KB each, +20%), so the emulator is not what is measured
     cmd += ["--cache-mb", str(max(256, users * 2600 // (1024 * 1024) + 1))]
-    cmd += ["--latency-ms", str(latency_ms), "--deep-offset-ms", str(deep_offset_ms)]
+    cmd += ["--latency-ms", str(latency_ms), "--deep-offset-ms", str(deep_offset_ms), *extra]
     env = {**os.environ, "CLERK_SECRET_KEY": SECRET_KEY}
     with tempfile.TemporaryFile() as errors:
         child = subprocess.Popen(
