@@ -39,10 +39,13 @@ from clerk_sync_cli.signatures import Delivery
 from clerk_sync_cli.states import WebhookOutcome
 from clerk_sync_cli.store import webhooks
 from clerk_sync_cli.store.connection import Cursor
+from clerk_sync_cli.store.pool import WAIT_S
 from clerk_sync_cli.store.versions import Refusal
 
 #: Deliveries between two prunes of old delivery rows, per process.
 PRUNE_EVERY = 10_000
+#: The least a batch waits for a connection, however long its deliveries waited for a worker.
+MIN_POOL_WAIT_S = 0.5
 
 MISMATCH_HINT = (
     "Nothing was written. Point this Clerk instance's webhook at the database it fills, or "
@@ -93,9 +96,12 @@ class Receiver:
         per item, in order. If the transaction as a whole fails for a reason other than the
         database being unreachable, each item is applied again on its own, so one delivery
         never decides the answer of another."""
-        target = self.backend.target()
+        # one deadline from arrival: the time an item waited for a worker is not waited again
+        # for a connection (held by sign-ins, say), so the answer comes within Svix's 15 s
+        waited = self._clock() - min(item.started for item in items)
         try:
-            with self._pool.store() as store:
+            target = self.backend.target()
+            with self._pool.store(max(MIN_POOL_WAIT_S, WAIT_S - waited)) as store:
                 results = store.atomic(
                     lambda cur: self._apply(cur, target, items),
                     pipelined=True,  # BEGIN, the settling and COMMIT ride with the rest

@@ -38,6 +38,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from svix.webhooks import Webhook
 
 from clerk_sync_cli.emulator import RunningEmulator
+from clerk_sync_cli.errors import ClerkSyncError
 
 from .serving import (
     ServeProcess,
@@ -1301,3 +1302,46 @@ def summary(answers: Mapping[str, httpx.Response]) -> dict[str, tuple[int, str]]
         name: (r.status_code, r.json().get("outcome") or r.json().get("error", "")[:40])
         for name, r in answers.items()
     }
+
+
+def test_time_waited_for_a_worker_is_not_waited_again_for_a_connection(
+    cli: Cli, db: psycopg.Connection[Any], emulator: RunningEmulator
+) -> None:
+    """A delivery that already waited 9.8 s in serve's queue, whose batch then finds every
+    connection held (by sign-ins, say), is answered 503 within the 10 s from its arrival,
+    not after another 10 s: Svix gives up after 15."""
+    from clerk_sync_cli.events import parse_event
+    from clerk_sync_cli.receive import Item, Receiver
+    from clerk_sync_cli.settings import Settings
+    from clerk_sync_cli.signatures import Delivery
+    from clerk_sync_cli.web import make_backend
+
+    settings = Settings(
+        database_url=cli.env["DATABASE_URL"],
+        clerk_secret_key=SECRET,
+        clerk_api_url=emulator.base_url,
+        clerk_webhook_signing_secret=SIGNING_SECRET,
+        clerk_sync_serve_connections=1,
+    )
+    backend = make_backend(settings)
+    backend.target()  # as after serve's first delivery: the tables read
+    user = make_user(emulator, "Patient")
+    late = Item(
+        Delivery(new_msg_id(), int(time.time())),
+        parse_event(encode(event("user.created", user))),
+        started=time.monotonic() - 9.8,
+    )
+    receiver = Receiver(backend)
+    try:
+        with backend.pool.store():  # the only connection, held
+            started = time.monotonic()
+            (result,) = receiver.receive_many([late])
+            waited = time.monotonic() - started
+        assert isinstance(result, ClerkSyncError) and result.http_status == 503, result
+        assert "every database connection was busy" in result.message
+        assert 0.4 < waited < 2, waited
+        (result,) = receiver.receive_many([late])  # Svix's retry, a connection free
+        assert not isinstance(result, ClerkSyncError) and result.outcome == "applied", result
+    finally:
+        backend.pool.close()
+    assert row(db, user["id"]) is not None
