@@ -39,6 +39,7 @@ from svix.webhooks import Webhook
 
 from clerk_sync_cli.emulator import RunningEmulator
 from clerk_sync_cli.errors import ClerkSyncError
+from clerk_sync_cli.settings import Settings
 
 from .serving import (
     ServeProcess,
@@ -1077,7 +1078,6 @@ def test_create_app_mounted_in_fastapi_serves_the_webhook(
 ) -> None:
     from fastapi import FastAPI
 
-    from clerk_sync_cli.settings import Settings
     from clerk_sync_cli.web import create_app
 
     settings = Settings(
@@ -1124,16 +1124,9 @@ def test_deliveries_beyond_the_connections_wait_then_get_503_and_nothing_is_lost
     for it in the event loop, and past the wait answers 503 (Svix retries) instead of piling
     up threads; once the lock goes, both deliveries apply."""
     from clerk_sync_cli import web
-    from clerk_sync_cli.settings import Settings
 
     monkeypatch.setattr(web, "POOL_WAIT_S", 0.5)
-    settings = Settings(
-        database_url=cli.env["DATABASE_URL"],
-        clerk_secret_key=SECRET,
-        clerk_api_url=emulator.base_url,
-        clerk_webhook_signing_secret=SIGNING_SECRET,
-        clerk_sync_serve_connections=1,
-    )
+    settings = one_connection(cli, emulator)
     stuck, other = make_user(emulator, "Stuck"), make_user(emulator, "Other")
     with running_uvicorn(web.create_app(settings, signin=False)) as url:
         hook = url + WEBHOOK_PATH
@@ -1312,17 +1305,10 @@ def test_time_waited_for_a_worker_is_not_waited_again_for_a_connection(
     not after another 10 s: Svix gives up after 15."""
     from clerk_sync_cli.events import parse_event
     from clerk_sync_cli.receive import Item, Receiver
-    from clerk_sync_cli.settings import Settings
     from clerk_sync_cli.signatures import Delivery
     from clerk_sync_cli.web import make_backend
 
-    settings = Settings(
-        database_url=cli.env["DATABASE_URL"],
-        clerk_secret_key=SECRET,
-        clerk_api_url=emulator.base_url,
-        clerk_webhook_signing_secret=SIGNING_SECRET,
-        clerk_sync_serve_connections=1,
-    )
+    settings = one_connection(cli, emulator)
     backend = make_backend(settings)
     backend.target()  # as after serve's first delivery: the tables read
     user = make_user(emulator, "Patient")
@@ -1345,3 +1331,15 @@ def test_time_waited_for_a_worker_is_not_waited_again_for_a_connection(
     finally:
         backend.pool.close()
     assert row(db, user["id"]) is not None
+
+
+def one_connection(cli: Cli, emulator: RunningEmulator) -> Settings:
+    """Settings for an app (or a backend) with one database connection, in this process."""
+
+    return Settings(
+        database_url=cli.env["DATABASE_URL"],
+        clerk_secret_key=SECRET,
+        clerk_api_url=emulator.base_url,
+        clerk_webhook_signing_secret=SIGNING_SECRET,
+        clerk_sync_serve_connections=1,
+    )
