@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     #: network call; else the JWKS is fetched), and the origins allowed to call them.
     clerk_jwt_key: SecretStr | None = None
     clerk_authorized_parties: str | None = None
-    #: ``serve``: database connections shared by the request threads.
+    #: ``serve``: database connections shared by its handlers (webhooks use at most half).
     clerk_sync_serve_connections: int = Field(default=8, ge=1, le=200)
 
     def _pieces(self) -> list[str]:

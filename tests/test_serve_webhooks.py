@@ -1344,3 +1344,33 @@ def one_connection(cli: Cli, emulator: RunningEmulator) -> Settings:
         clerk_webhook_signing_secret=SIGNING_SECRET,
         clerk_sync_serve_connections=1,
     )
+
+
+def test_webhooks_leave_half_the_connections_free(
+    cli: Cli, db: psycopg.Connection[Any], emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Two connections, deliveries for two users both stuck behind row locks: one batch holds
+    one connection, the other delivery waits its turn, and the second connection stays free
+    for what else serve answers (here /healthz, which needs one; a sign-in does too)."""
+    first, second = make_user(emulator, "Blocked"), make_user(emulator, "Waiting")
+    with serving(cli, tmp_path, env={"CLERK_SYNC_SERVE_CONNECTIONS": "2"}) as [server]:
+        for user in (first, second):
+            assert outcome(server.deliver(event("user.created", user))) == "applied"
+        with psycopg.connect(cli.env["DATABASE_URL"]) as locker:
+            locker.execute(
+                "SELECT 1 FROM clerk_sync.user_versions WHERE clerk_id = ANY(%s) FOR UPDATE",
+                ([first["id"], second["id"]],),
+            )
+            with ThreadPoolExecutor(2) as pool:
+                sent = [
+                    pool.submit(server.deliver, event("user.updated", newer(u, first_name="Late")))
+                    for u in (first, second)
+                ]
+                time.sleep(0.5)
+                started = time.monotonic()
+                assert server.healthz() == 200
+                assert time.monotonic() - started < 2
+                locker.rollback()
+                assert [outcome(f.result(timeout=15)) for f in sent] == ["applied", "applied"]
+    for user in (first, second):
+        assert (row(db, user["id"]) or {})["first_name"] == "Late"
