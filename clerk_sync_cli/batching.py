@@ -1,8 +1,8 @@
 """Deliveries that arrive together are applied together: ``serve``'s queue in front of
 :meth:`receive.Receiver.receive_many`.
 
-A delivery waits in the event loop until one of as many workers as the pool has connections
-is free; a free worker takes every delivery waiting (up to :data:`BATCH_MAX`) into one
+A delivery waits in the event loop until one of its workers (``serve`` gives it half the pool's
+connections) is free; a free worker takes every delivery waiting (up to :data:`BATCH_MAX`) into one
 transaction in its thread, so under a burst each transaction, round trip and thread hand-off
 serves several deliveries (measured in ``benchmarks/bench_webhooks.py``), and a lone delivery
 is applied at once, as before. A batch holds at most one delivery per ``svix-id`` and per user,
