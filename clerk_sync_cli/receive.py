@@ -83,14 +83,6 @@ class Receiver:
         self._clock = clock
         self._count = 0
 
-    def receive(self, delivery: Delivery, event: Event) -> Receipt:
-        """Apply one ``event``; raises InstanceMismatchError (409) or InvalidEventError (400)
-        having written nothing but the delivery's row, DatabaseUnavailableError (503)."""
-        (result,) = self.receive_many([Item(delivery, event, self._clock())])
-        if isinstance(result, ClerkSyncError):
-            raise result
-        return result
-
     def receive_many(self, items: Sequence[Item]) -> list[Result]:
         """Apply ``items`` (distinct ``svix-id``\\ s and users) in one transaction; a result
         per item, in order. If the transaction as a whole fails for a reason other than the
