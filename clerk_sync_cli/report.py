@@ -24,6 +24,7 @@ from clerk_sync_cli.doctor import Check, Level
 from clerk_sync_cli.errors import ClerkSyncError
 from clerk_sync_cli.history import RunRecord
 from clerk_sync_cli.init_db import InitResult
+from clerk_sync_cli.mapping import SYNCED_FIELDS
 from clerk_sync_cli.plan import ACTIONS, Action, Change
 from clerk_sync_cli.run import SyncResult
 from clerk_sync_cli.scrub import ScrubbedStream, scrub, scrub_value
@@ -419,15 +420,7 @@ class Reporter:
         table.add_column("field")
         table.add_column("Clerk (mapped)")
         table.add_column("table row")
-        fields = [
-            "email",
-            "first_name",
-            "last_name",
-            "profile_image_url",
-            "is_active",
-            "created_at",
-        ]
-        for name in fields:
+        for name in (*SYNCED_FIELDS, "created_at"):
             clerk = getattr(report.mapped, name) if report.mapped else None
             row = report.row.get(name) if report.row else None
             table.add_row(name, _show(_fmt(clerk)), _show(_fmt(row)))
