@@ -15,15 +15,17 @@ binds 127.0.0.1 and is stopped on exit.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
-import time
 from typing import Any
 
 import httpx
-from bench import Emulator, emulator_process  # this directory: run as benchmarks/bench_paced.py
+from bench import (  # this directory: run as benchmarks/bench_paced.py
+    Emulator,
+    emulator_process,
+    run_measured,
+)
 
 from clerk_sync_cli.embedded_postgres import embedded_postgres
 
@@ -34,25 +36,10 @@ CLI = [sys.executable, "-m", "clerk_sync_cli"]
 
 def run(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float, float]:
     """``clerk-sync *args --json``: its document, wall s and CPU s (user + system)."""
-    started = time.perf_counter()
-    child = subprocess.Popen([*CLI, *args, "--json"], env=env, stdout=subprocess.PIPE, text=True)
-    out, _ = child.communicate()
-    wall = time.perf_counter() - started
-    if child.returncode != 0:
-        raise SystemExit(f"clerk-sync {' '.join(args)} exited {child.returncode}")
-    return json.loads(out), wall, _children_cpu()
-
-
-_last_children = 0.0
-
-
-def _children_cpu() -> float:
-    """CPU s of the children reaped since the last call."""
-    global _last_children
-    times = os.times()
-    total = times.children_user + times.children_system
-    spent, _last_children = total - _last_children, total
-    return spent
+    done = run_measured([*CLI, *args, "--json"], env, os.getcwd())
+    if done.exit_code != 0:
+        raise SystemExit(f"clerk-sync {' '.join(args)} exited {done.exit_code}: {done.stderr}")
+    return done.document(), done.wall_s, done.cpu_s
 
 
 def main() -> None:
@@ -65,7 +52,6 @@ def main() -> None:
         env = {**os.environ, "CLERK_API_URL": clerk.url, "DATABASE_URL": dsn}
         env.pop("CLERK_SYNC_PING_URL", None)
         subprocess.run([*CLI, "init-db"], env=env, check=True, capture_output=True)
-        _children_cpu()
         _, fill_wall, _ = run(["backfill"], env)
         run(["diff", "--max-rps", "100000"], env)  # unmeasured: the table settles, caches warm
         rows = [measure(clerk, env, "diff, nothing changed, default pace", [])]
