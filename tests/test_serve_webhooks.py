@@ -1163,6 +1163,7 @@ def test_deliveries_beyond_the_connections_wait_then_get_503_and_nothing_is_lost
         assert found["first_name"] == name
 
 
+@BOTH_SCHEMAS
 def test_deliveries_that_arrive_together_are_applied_together_each_answered_alone(
     cli: Cli, db: psycopg.Connection[Any], emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -1234,6 +1235,7 @@ def test_deliveries_that_arrive_together_are_applied_together_each_answered_alon
     ]
 
 
+@BOTH_SCHEMAS
 def test_a_delivery_that_fails_its_batch_is_answered_alone_and_the_rest_apply(
     cli: Cli, db: psycopg.Connection[Any], emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -1241,9 +1243,9 @@ def test_a_delivery_that_fails_its_batch_is_answered_alone_and_the_rest_apply(
     undoes the batch's transaction; each of its deliveries is then applied on its own."""
     stuck = make_user(emulator, "Keeper")
     users = [make_user(emulator, f"Batch{i}") for i in range(4)]  # the last one: poisoned
-    db.execute(POISON)
     with serving(cli, tmp_path, env={"CLERK_SYNC_SERVE_CONNECTIONS": "1"}) as [server]:
         assert outcome(server.deliver(event("user.created", stuck))) == "applied"
+        db.execute(POISON)  # clerk_sync's tables exist now, on a project init-db never saw too
         burst = {f"user {i}": server.signed(event("user.created", users[i])) for i in range(3)}
         burst["poison"] = server.signed(event("user.created", users[3]), "msg_poison")
         answers = queued_together(server, cli, stuck, burst)
