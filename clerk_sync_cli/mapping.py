@@ -1,6 +1,8 @@
 """Clerk user JSON → the row clerk-sync keeps in ``users``. Pure functions, no I/O.
 
-Only what the sync uses is validated. A user without a usable ``id`` is rejected (it cannot be
+Users arrive as :class:`~clerk_sync_cli.decoding.ClerkUser` (a list page, decoded only
+as far as these rules read it) or as plain JSON objects (a webhook, ``GET /users/{id}``),
+which are read the same way. Only what the sync uses is validated. A user without a usable ``id`` is rejected (it cannot be
 keyed); any other field that is missing, of the wrong type or does not fit its column becomes
 NULL and is reported as a :class:`FieldWarning`, so one odd value never sinks a batch and is
 never truncated silently.
@@ -9,11 +11,14 @@ never truncated silently.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
+
+from clerk_sync_cli.decoding import ClerkUser, EmailAddress, from_object
 
 #: The ``users`` columns clerk-sync writes and compares, in table order.
 SYNCED_FIELDS: tuple[str, ...] = (
@@ -39,9 +44,10 @@ class ColumnLimits:
     profile_image_url: int | None = 500
 
 
-@dataclass(frozen=True)
-class UserRow:
-    """What the ``users`` table should hold for one Clerk user."""
+class UserRow(msgspec.Struct, frozen=True):
+    """What the ``users`` table should hold for one Clerk user. A struct, not a dataclass:
+    a page makes 500 of them, and they are sent to Postgres as JSON in native code
+    (``store.users``)."""
 
     clerk_id: str
     email: str | None
@@ -67,8 +73,7 @@ class FieldWarning:
     problem: str
 
 
-@dataclass(frozen=True)
-class MappedUser:
+class MappedUser(msgspec.Struct, frozen=True):
     row: UserRow
     warnings: tuple[FieldWarning, ...] = ()
 
@@ -83,10 +88,13 @@ class RejectedUser:
 
 
 def map_user(raw: Any, limits: ColumnLimits = ColumnLimits()) -> MappedUser | RejectedUser:
-    """Map one Clerk user object to a :class:`UserRow`, or reject it."""
-    if type(raw) is not dict and not isinstance(raw, Mapping):
-        return RejectedUser(None, f"expected a user object, got {type(raw).__name__}")
-    user_id = raw.get("id")
+    """Map one Clerk user (a :class:`ClerkUser`, or a JSON object) to a :class:`UserRow`,
+    or reject it."""
+    if type(raw) is not ClerkUser:
+        raw = from_object(raw)
+        if not isinstance(raw, ClerkUser):
+            return RejectedUser(None, f"expected a user object, got {type(raw).__name__}")
+    user_id = raw.id
     if type(user_id) is not str or not CLERK_ID_PATTERN.fullmatch(user_id):
         shown = user_id if isinstance(user_id, str) and user_id.isprintable() else None
         return RejectedUser(shown[:64] if shown else None, "missing or malformed id")
@@ -96,8 +104,8 @@ def map_user(raw: Any, limits: ColumnLimits = ColumnLimits()) -> MappedUser | Re
     warnings: list[FieldWarning] = []
     texts = (
         ("email", primary_email(raw), limits.email),
-        ("first_name", raw.get("first_name"), limits.first_name),
-        ("last_name", raw.get("last_name"), limits.last_name),
+        ("first_name", raw.first_name, limits.first_name),
+        ("last_name", raw.last_name, limits.last_name),
         ("profile_image_url", image_url(raw), limits.profile_image_url),
     )
     values: list[str | None] = []
@@ -110,12 +118,12 @@ def map_user(raw: Any, limits: ColumnLimits = ColumnLimits()) -> MappedUser | Re
             warnings.append(FieldWarning(user_id, name, problem))
         values.append(checked)
 
-    banned = raw.get("banned", False)
+    banned = raw.banned
     if type(banned) is not bool:
         warnings.append(FieldWarning(user_id, "is_active", "banned is not a boolean; kept active"))
         banned = False
 
-    created = raw.get("created_at")
+    created = raw.created_at
     created_at: datetime | None = None
     if type(created) is int:
         with suppress(OverflowError, OSError, ValueError):  # out of range: warned below
@@ -123,7 +131,7 @@ def map_user(raw: Any, limits: ColumnLimits = ColumnLimits()) -> MappedUser | Re
     if created_at is None and created is not None:
         warnings.append(FieldWarning(user_id, "created_at", "not a millisecond timestamp"))
 
-    updated = raw.get("updated_at")
+    updated = raw.updated_at
     version = updated if type(updated) is int else None  # no order to keep: never refused
 
     email, first_name, last_name, image = values
@@ -142,27 +150,26 @@ def _plain(value: Any, limit: int | None) -> bool:
     )
 
 
-def primary_email(raw: Mapping[str, Any]) -> Any:
+def primary_email(raw: ClerkUser) -> Any:
     """The address whose id is ``primary_email_address_id``, else the first, else None."""
-    addresses = raw.get("email_addresses")
+    addresses: Any = raw.email_addresses
     if type(addresses) is not list or not addresses:
         return None
-    primary_id = raw.get("primary_email_address_id")
+    primary_id = raw.primary_email_address_id
     first = None
     for address in addresses:
-        if type(address) is not dict and not isinstance(address, Mapping):
+        if type(address) is not EmailAddress:
             continue
         if first is None:
             first = address
-        if primary_id is not None and address.get("id") == primary_id:
-            return address.get("email_address")
-    return first.get("email_address") if first is not None else None
+        if primary_id is not None and address.id == primary_id:
+            return address.email_address
+    return first.email_address if first is not None else None
 
 
-def image_url(raw: Mapping[str, Any]) -> Any:
+def image_url(raw: ClerkUser) -> Any:
     """``image_url``, else the deprecated ``profile_image_url``, else None."""
-    for key in ("image_url", "profile_image_url"):
-        value = raw.get(key)
+    for value in (raw.image_url, raw.profile_image_url):
         if value is not None and value != "":
             return value
     return None

@@ -10,6 +10,7 @@ from typing import Any
 
 from clerk_sync_cli.apply import Outcome, apply_users
 from clerk_sync_cli.clerk import Page
+from clerk_sync_cli.decoding import ClerkUser
 from clerk_sync_cli.mapping import MappedUser, RejectedUser, map_user
 from clerk_sync_cli.project import SchemaInfo
 from clerk_sync_cli.run import RunState
@@ -38,7 +39,7 @@ def prepare(users: Sequence[Any], schema: SchemaInfo) -> Prepared:
 
 
 def _newest(users: Sequence[Any], name: str) -> int | None:
-    stamps = [u.get(name) for u in users if isinstance(u, dict)]
+    stamps = [getattr(u, name) for u in users if isinstance(u, ClerkUser)]
     return max((t for t in stamps if isinstance(t, int) and not isinstance(t, bool)), default=None)
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -225,7 +226,7 @@ def user_json(report: UserReport) -> dict[str, Any]:
     """The ``--json`` document of ``user``."""
     mapped = None
     if report.mapped is not None:
-        mapped = {k: _plain(v) for k, v in vars(report.mapped).items()}
+        mapped = {k: _plain(v) for k, v in msgspec.structs.asdict(report.mapped).items()}
     return {
         "command": "user",
         "clerk_id": report.clerk_id,

@@ -162,6 +162,23 @@ def test_duplicate_and_malformed_users_in_a_listing(
     assert db.execute("SELECT count(*) FROM users WHERE is_active").fetchone() == (3,)
 
 
+def test_a_lone_surrogate_in_a_listing_costs_one_field_not_the_run(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
+) -> None:
+    users = populate(emulator, 2)
+    assert cli("backfill").exit_code == 0
+    page = json.dumps([emulator.emulator.get_user(u["id"]) for u in users])
+    # JSON may escape half a surrogate pair; Python holds it, Postgres text cannot
+    emulator.emulator.list_body = page.replace('"Last1"', '"Last\\ud800"').encode()
+    doc = cli.json("diff", "--yes")
+    assert doc["status"] == "ok"
+    assert [(w["clerk_id"], w["field"]) for w in doc["warnings"]] == [(users[1]["id"], "last_name")]
+    assert rows(db, "SELECT last_name FROM users ORDER BY last_name") == [
+        {"last_name": "Last0"},
+        {"last_name": None},
+    ]
+
+
 # -- the listing changing under the walk --------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+from msgspec.structs import replace as changed
 
 from clerk_sync_cli.mapping import UserRow
 from clerk_sync_cli.plan import (
@@ -49,7 +50,7 @@ def test_identical_row_is_unchanged() -> None:
 
 
 def test_changed_fields_are_listed_with_old_and_new() -> None:
-    [change] = plan_user(replace(ROW, first_name="Augusta", email=None), DB)
+    [change] = plan_user(changed(ROW, first_name="Augusta", email=None), DB)
     assert change.action is Action.UPDATE
     assert change.fields == {"first_name": ("Ada", "Augusta"), "email": ("a@example.com", None)}
 
@@ -61,13 +62,13 @@ def test_inactive_row_of_a_present_unbanned_user_is_reactivated() -> None:
 
 
 def test_banned_user_with_active_row_is_an_update_to_inactive() -> None:
-    [change] = plan_user(replace(ROW, is_active=False), DB)
+    [change] = plan_user(changed(ROW, is_active=False), DB)
     assert change.action is Action.UPDATE
     assert change.fields == {"is_active": (True, False)}
 
 
 def test_banned_user_with_inactive_row_is_unchanged() -> None:
-    changes = plan_user(replace(ROW, is_active=False), replace(DB, is_active=False))
+    changes = plan_user(changed(ROW, is_active=False), replace(DB, is_active=False))
     assert [c.action for c in changes] == [Action.UNCHANGED]
 
 

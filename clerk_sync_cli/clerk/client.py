@@ -41,6 +41,7 @@ from tenacity import (
 
 from clerk_sync_cli import __version__
 from clerk_sync_cli.clerk.pacing import RateLimiter, default_max_rps, retry_after_seconds
+from clerk_sync_cli.decoding import ClerkUser, decode_page
 from clerk_sync_cli.errors import (
     ClerkAuthError,
     ClerkDataError,
@@ -228,13 +229,14 @@ class ClerkClient:
     def other_user_id(self, user_id: str) -> str | None:
         """A user Clerk lists other than ``user_id`` (the newest one), or None."""
         page = self.list_users({"limit": 1})
-        first = page[0].get("id") if page and isinstance(page[0], dict) else None
+        first = page[0].id if page and isinstance(page[0], ClerkUser) else None
         return first if isinstance(first, str) and first and first != user_id else None
 
-    def list_users(self, params: dict[str, Any]) -> list[Any]:
+    def list_users(self, params: dict[str, Any]) -> list[ClerkUser | Any]:
         """One page of ``GET /users`` with ``params`` (``limit`` among them): a list of at
-        most ``limit`` users, or a protocol error."""
-        page = self._get_json("/users", params, max_items=int(params["limit"]))
+        most ``limit`` users (:class:`ClerkUser`, or an entry that is not an object, as it
+        came), or a protocol error."""
+        page = self._get_json("/users", params, max_items=int(params["limit"]), decode=decode_page)
         if not isinstance(page, list):
             raise ClerkDataError(
                 "Clerk's user list is not a JSON array; stopping before changing anything."
@@ -250,10 +252,14 @@ class ClerkClient:
         *,
         missing_ok: bool = False,
         max_items: int | None = None,
+        decode: Callable[[bytes], Any] = pydantic_core.from_json,
     ) -> Any:
         """The parsed answer; None for Clerk's own 404 when ``missing_ok``. ``max_items``:
-        a JSON array longer than this (a page longer than its ``limit``) is a protocol error."""
-        return self._request("GET", path, params, missing_ok=missing_ok, max_items=max_items)
+        a JSON array longer than this (a page longer than its ``limit``) is a protocol error.
+        ``decode``: how a successful body is read (``ValueError`` when it is not JSON)."""
+        return self._request(
+            "GET", path, params, missing_ok=missing_ok, max_items=max_items, decode=decode
+        )
 
     def _request(
         self,
@@ -263,6 +269,7 @@ class ClerkClient:
         *,
         missing_ok: bool,
         max_items: int | None = None,
+        decode: Callable[[bytes], Any] = pydantic_core.from_json,
     ) -> Any:
         policy = self._retry
         retrying = Retrying(
@@ -276,7 +283,12 @@ class ClerkClient:
             for attempt in retrying:
                 with attempt:
                     return self._attempt(
-                        method, path, params, missing_ok=missing_ok, max_items=max_items
+                        method,
+                        path,
+                        params,
+                        missing_ok=missing_ok,
+                        max_items=max_items,
+                        decode=decode,
                     )
         except RetriableError as exc:
             error = ClerkUnavailableError(
@@ -304,6 +316,7 @@ class ClerkClient:
         *,
         missing_ok: bool,
         max_items: int | None = None,
+        decode: Callable[[bytes], Any] = pydantic_core.from_json,
     ) -> Any:
         self.limiter.acquire()
         with self._count_lock:
@@ -325,7 +338,7 @@ class ClerkClient:
         except httpx.TransportError as exc:
             raise RetriableError(f"cannot reach {self._base} ({_transport_reason(exc)})") from None
         try:
-            return self._answer(response, body, method, path, missing_ok, max_items)
+            return self._answer(response, body, method, path, missing_ok, max_items, decode)
         finally:
             self.budget.give(len(body))  # what _read_capped took for it
 
@@ -337,6 +350,7 @@ class ClerkClient:
         path: str,
         missing_ok: bool,
         max_items: int | None,
+        decode: Callable[[bytes], Any],
     ) -> Any:
         """What an answer means: the parsed body, None (Clerk's 404), or the error to raise."""
         status = response.status_code
@@ -368,7 +382,7 @@ class ClerkClient:
             )
         try:
             with self._parsing:
-                parsed = pydantic_core.from_json(body)  # ~2x json.loads on big pages
+                parsed = decode(body)
         except ValueError:
             raise RetriableError(f"truncated or non-JSON answer to {path}") from None
         if max_items is not None and isinstance(parsed, list) and len(parsed) > max_items:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from clerk_sync_cli.clerk.client import ClerkClient
+from clerk_sync_cli.decoding import ClerkUser
 from clerk_sync_cli.errors import ClerkDataError, ClerkRequestError
 from clerk_sync_cli.windows import Window
 
@@ -136,7 +137,7 @@ def _end(client: ClerkClient, order: str) -> int | None:
     page = client.list_users({"limit": 1, "order_by": order})
     if not page:
         return None
-    created = page[0].get("created_at") if isinstance(page[0], dict) else None
+    created = page[0].created_at if isinstance(page[0], ClerkUser) else None
     if not isinstance(created, int):
         raise ClerkDataError("A user has no numeric created_at; cannot split the walk.")
     return created
@@ -174,7 +175,7 @@ def walk(
         served += len(page)
         if offset is not None:
             offset += len(page)
-        ids = [u.get("id") for u in page if isinstance(u, dict)]
+        ids = [u.id for u in page if isinstance(u, ClerkUser)]
         usable = [i for i in ids if isinstance(i, str) and i]
         last = len(page) < limit
         if not last and not usable:
@@ -210,7 +211,7 @@ def at_ms(client: ClerkClient, ms: int, *, limit: int = PAGE_LIMIT) -> Iterator[
         offset, fresh = 0, False
         while True:
             page = client.list_users({**params, "offset": offset} if offset else params)
-            ids = {u.get("id") for u in page if isinstance(u, dict)}
+            ids = {u.id for u in page if isinstance(u, ClerkUser)}
             fresh = fresh or not ids <= known
             known |= {i for i in ids if isinstance(i, str)}
             yield page
@@ -244,9 +245,9 @@ def sweep(
             return
         stamps = sorted(
             {
-                u["created_at"]
+                u.created_at
                 for u in page
-                if isinstance(u, dict) and isinstance(u.get("created_at"), int)
+                if isinstance(u, ClerkUser) and isinstance(u.created_at, int)
             }
         )
         if not stamps:
@@ -285,7 +286,7 @@ def walk_recent(
     spanning: int | None = None  # the updated_at of a page that was one group throughout
     for _ in range(max_pages):
         users = client.list_users({"limit": limit, "order_by": "-updated_at", "offset": offset})
-        stamps = [u.get("updated_at") for u in users if isinstance(u, dict)]
+        stamps = [u.updated_at for u in users if isinstance(u, ClerkUser)]
         times = [t for t in stamps if isinstance(t, int) and not isinstance(t, bool)]
         if len(users) >= limit and not times:
             raise ClerkDataError(
