@@ -60,11 +60,17 @@ def decode_page(body: bytes) -> Any:
         return _PAGE.decode(body)
     except msgspec.DecodeError:  # another shape (ValidationError), or not JSON to msgspec
         pass
+    doc = decode_json(body)
+    return [from_object(entry) for entry in doc] if isinstance(doc, list) else doc
+
+
+def decode_json(body: bytes) -> Any:
+    """Any JSON document, as plain Python (``GET /users/{id}``, a page of another shape):
+    everything JSON allows, lone surrogate escapes included. ``ValueError`` if not JSON."""
     try:
-        doc = json.loads(body)
+        return json.loads(body)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    return [from_object(entry) for entry in doc] if isinstance(doc, list) else doc
 
 
 def from_object(raw: Any) -> ClerkUser | Any:

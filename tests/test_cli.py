@@ -186,6 +186,17 @@ def test_user_shows_plan_and_applies_one_user(
     assert "matches Clerk" in human.stdout
 
 
+def test_user_with_a_lone_surrogate_is_applied_with_a_warning(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
+) -> None:
+    ada = emulator.emulator.create_user(first_name="Ada", last_name="x\ud800", email="a@ex.com")
+    emulator.emulator.create_user(first_name="Bob", email="bob@example.com")  # the control
+    doc = cli.json("user", ada["id"], "--apply")
+    assert doc["applied"] is True
+    assert [w["field"] for w in doc["warnings"]] == ["last_name"]
+    assert (doc["row"]["first_name"], doc["row"]["last_name"]) == ("Ada", None)
+
+
 @BOTH_SCHEMAS
 def test_user_deleted_in_clerk_is_deactivated_by_apply(
     cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]

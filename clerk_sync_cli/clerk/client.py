@@ -41,7 +41,7 @@ from tenacity import (
 
 from clerk_sync_cli import __version__
 from clerk_sync_cli.clerk.pacing import RateLimiter, default_max_rps, retry_after_seconds
-from clerk_sync_cli.decoding import ClerkUser, decode_page
+from clerk_sync_cli.decoding import ClerkUser, decode_json, decode_page
 from clerk_sync_cli.errors import (
     ClerkAuthError,
     ClerkDataError,
@@ -197,7 +197,7 @@ class ClerkClient:
         A 404 without Clerk's ``resource_not_found`` body raises :class:`UnconfirmedError`.
         Even Clerk's own 404 proves nothing about a path that does not reach the user API
         (``CLERK_API_URL`` routed elsewhere): check it with :meth:`verify_lookup` first."""
-        body = self._get_json(_user_path(user_id), {}, missing_ok=True)
+        body = self._get_json(_user_path(user_id), {}, missing_ok=True, decode=decode_json)
         if body is None:
             return None
         if not isinstance(body, dict):

@@ -16,7 +16,7 @@ from clerk_sync_cli.emulator.faults import Faults
 from clerk_sync_cli.emulator.filters import Params, parse_filters
 from clerk_sync_cli.emulator.ids import b62, blake
 from clerk_sync_cli.emulator.query import QueryEngine, parse_list_query
-from clerk_sync_cli.emulator.render import DUMPS, deleted_user
+from clerk_sync_cli.emulator.render import deleted_user, json_bytes
 from clerk_sync_cli.emulator.sessions import SessionKeys
 from clerk_sync_cli.emulator.users import UserStore
 from clerk_sync_cli.emulator.webhooks import Webhooks
@@ -66,7 +66,7 @@ def _route(method: str, path: str) -> tuple[str, str | None]:
 
 
 def _ok(payload: Any) -> _Answer:
-    return 200, dict(_JSON_HEADERS), DUMPS(payload).encode("utf-8")
+    return 200, dict(_JSON_HEADERS), json_bytes(payload)
 
 
 def _instance(cfg: EmulatorConfig) -> dict[str, Any]:
@@ -305,7 +305,7 @@ class Emulator:
             "clerk_trace_id": trace,
         }
         headers = {**_JSON_HEADERS, **exc.headers, "Clerk-Trace-Id": trace}
-        return exc.status, headers, DUMPS(body).encode("utf-8")
+        return exc.status, headers, json_bytes(body)
 
     def _dispatch(
         self, method: str, path: str, label: str, arg: str | None, params: Params, body: bytes

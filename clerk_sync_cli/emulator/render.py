@@ -12,6 +12,16 @@ from typing import Any
 ENC: Callable[[str], str] = json.encoder.encode_basestring
 #: Compact JSON, UTF-8 kept: how users given as dicts and every other answer are serialized.
 DUMPS: Callable[[Any], str] = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ESCAPED: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON; a string holding a lone surrogate, which UTF-8 cannot
+    carry, is sent as JSON escapes (``\\ud800``), as any JSON encoder would."""
+    try:
+        return DUMPS(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return _ESCAPED(value).encode("ascii")
 
 
 def _js(value: str | None) -> str:

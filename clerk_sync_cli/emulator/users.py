@@ -17,10 +17,10 @@ from clerk_sync_cli.emulator.config import EmulatorConfig
 from clerk_sync_cli.emulator.ids import USER_PREFIX, b62, blake
 from clerk_sync_cli.emulator.population import Population, day
 from clerk_sync_cli.emulator.render import (
-    DUMPS,
     Spec,
     clerk_image,
     email_json,
+    json_bytes,
     render_user,
     verification,
 )
@@ -107,7 +107,7 @@ class UserStore:
     def _store(self, uid: str, user: dict[str, Any], base_index: int | None) -> None:
         """(Re)place an overlay user in both views."""
         self._overlay[uid] = user
-        self._overlay_bytes[uid] = DUMPS(user).encode("utf-8")
+        self._overlay_bytes[uid] = json_bytes(user)
         self.uview.put(uid, int(user["updated_at"]))
         if base_index is None:
             self.cview.put(uid, int(user["created_at"]))

@@ -33,7 +33,7 @@ import httpx
 
 from clerk_sync_cli.emulator.config import EmulatorConfig, ensure_webhook_secret
 from clerk_sync_cli.emulator.ids import b62
-from clerk_sync_cli.emulator.render import DUMPS
+from clerk_sync_cli.emulator.render import json_bytes
 from clerk_sync_cli.signatures import sign
 
 #: Svix's retry schedule: the wait before each attempt, counted from the failure of the one
@@ -133,7 +133,7 @@ class Webhooks:
             "instance_id": config.instance_id,
             "event_attributes": _EVENT_ATTRIBUTES,
         }
-        body = DUMPS(envelope).encode("utf-8")
+        body = json_bytes(envelope)
         msg_id = new_message_id()
         with self._cond:
             if self._closed:
