@@ -24,7 +24,6 @@ from clerk_sync_cli.errors import ConfigError
 from clerk_sync_cli.scrub import register
 from clerk_sync_cli.signatures import SECRET_PREFIX, SecretError, parse_secrets
 from clerk_sync_cli.tables import Tables
-from clerk_sync_cli.tokens import parse_parties
 
 DEFAULT_CLERK_API_URL = "https://api.clerk.com/v1"
 ENV_EXAMPLE_HINT = "Set it in the environment or in .env (see .env.example)."
@@ -340,3 +339,22 @@ def connection_kind(host: str, port: str) -> tuple[str, str]:
     if host.startswith("/") or host in ("localhost", "127.0.0.1", "::1"):
         return "local server", "direct"
     return "direct connection", "fine"
+
+
+def parse_parties(value: str) -> frozenset[str]:
+    """``CLERK_AUTHORIZED_PARTIES``: comma-separated origins (``https://app.example.com``)."""
+    parties = set()
+    for part in value.split(","):
+        origin = part.strip().rstrip("/")
+        if not origin:
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ConfigError(
+                "CLERK_AUTHORIZED_PARTIES holds something that is not an origin: expected "
+                "scheme://host[:port], comma-separated (e.g. https://app.example.com)."
+            )
+        parties.add(origin)
+    if not parties:
+        raise ConfigError("CLERK_AUTHORIZED_PARTIES is empty.")
+    return frozenset(parties)

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -113,25 +112,6 @@ def _rsa_keys(jwks: Mapping[str, Any]) -> dict[str, RSAPublicKey]:
         if isinstance(key, RSAPublicKey):
             keys[str(entry["kid"])] = key
     return keys
-
-
-def parse_parties(value: str) -> frozenset[str]:
-    """``CLERK_AUTHORIZED_PARTIES``: comma-separated origins (``https://app.example.com``)."""
-    parties = set()
-    for part in value.split(","):
-        origin = part.strip().rstrip("/")
-        if not origin:
-            continue
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise ConfigError(
-                "CLERK_AUTHORIZED_PARTIES holds something that is not an origin: expected "
-                "scheme://host[:port], comma-separated (e.g. https://app.example.com)."
-            )
-        parties.add(origin)
-    if not parties:
-        raise ConfigError("CLERK_AUTHORIZED_PARTIES is empty.")
-    return frozenset(parties)
 
 
 def bearer(authorization: str | None) -> str:
