@@ -11,7 +11,6 @@ never truncated silently.
 from __future__ import annotations
 
 import re
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -102,21 +101,30 @@ def map_user(raw: Any, limits: ColumnLimits = ColumnLimits()) -> MappedUser | Re
         return RejectedUser(user_id[:64], f"id longer than the clerk_id column ({limits.clerk_id})")
 
     warnings: list[FieldWarning] = []
-    texts = (
-        ("email", primary_email(raw), limits.email),
-        ("first_name", raw.first_name, limits.first_name),
-        ("last_name", raw.last_name, limits.last_name),
-        ("profile_image_url", image_url(raw), limits.profile_image_url),
-    )
-    values: list[str | None] = []
-    for name, value, limit in texts:
-        if _plain(value, limit):  # most values: decided without a call
-            values.append(value)
-            continue
-        checked, problem = check_text(value, limit)
-        if problem is not None:
-            warnings.append(FieldWarning(user_id, name, problem))
-        values.append(checked)
+    email, first_name, last_name = primary_email(raw), raw.first_name, raw.last_name
+    image = image_url(raw)
+    if not (  # most users: every value stored as it is, decided without a call per field
+        _plain(email, limits.email)
+        and _plain(first_name, limits.first_name)
+        and _plain(last_name, limits.last_name)
+        and _plain(image, limits.profile_image_url)
+    ):
+        texts = (
+            ("email", email, limits.email),
+            ("first_name", first_name, limits.first_name),
+            ("last_name", last_name, limits.last_name),
+            ("profile_image_url", image, limits.profile_image_url),
+        )
+        values: list[str | None] = []
+        for name, value, limit in texts:
+            if value is None or _plain(value, limit):
+                values.append(value)
+                continue
+            checked, problem = check_text(value, limit)
+            if problem is not None:
+                warnings.append(FieldWarning(user_id, name, problem))
+            values.append(checked)
+        email, first_name, last_name, image = values
 
     banned = raw.banned
     if type(banned) is not bool:
@@ -124,19 +132,23 @@ def map_user(raw: Any, limits: ColumnLimits = ColumnLimits()) -> MappedUser | Re
         banned = False
 
     created = raw.created_at
-    created_at: datetime | None = None
-    if type(created) is int:
-        with suppress(OverflowError, OSError, ValueError):  # out of range: warned below
-            created_at = datetime.fromtimestamp(created / 1000, tz=UTC)
+    created_at = _timestamp(created) if type(created) is int else None
     if created_at is None and created is not None:
         warnings.append(FieldWarning(user_id, "created_at", "not a millisecond timestamp"))
 
     updated = raw.updated_at
     version = updated if type(updated) is int else None  # no order to keep: never refused
 
-    email, first_name, last_name, image = values
     row = UserRow(user_id, email, first_name, last_name, image, not banned, created_at, version)
-    return MappedUser(row, tuple(warnings))
+    return MappedUser(row, tuple(warnings) if warnings else ())
+
+
+def _timestamp(ms: int) -> datetime | None:
+    """Clerk's milliseconds since the epoch as a time, or None when out of range."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _plain(value: Any, limit: int | None) -> bool:
