@@ -292,9 +292,11 @@ def _tune_gc() -> None:
     everything queued (about a second of CPU per 100k users). Collect far less often, and
     never look at what was imported. Cyclic garbage still goes: nothing big lives in it.
     Process-wide, like :func:`_quiet_driver`: only the ``clerk-sync`` process does it
-    (:func:`main`), not a host that calls the app in-process (the tests)."""
+    (:func:`main`), not a host that calls the app in-process (the tests). The process started
+    with collection off (``clerk_sync_cli.__main__``): it is turned on here."""
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    gc.enable()
 
 
 def _interactive() -> bool:

@@ -320,3 +320,17 @@ def test_init_db_on_a_new_project_turns_row_level_security_on(cli: Cli, dsn: str
         ).fetchone()
         assert comments is not None
         assert all(c.startswith("clerk-sync") for c in comments)
+
+
+def test_the_process_collects_garbage_again_once_the_command_has_loaded() -> None:
+    """The entry point turns the collector off while modules load; a long ``serve`` must not
+    run without it."""
+    probe = (
+        "import gc, sys\n"
+        "from clerk_sync_cli.__main__ import main\n"
+        "sys.argv = ['clerk-sync', '--version']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(gc.isenabled(), gc.get_threshold()[0])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "True 50000"
