@@ -44,6 +44,9 @@ class Pin:
     instance: Instance
     pinned_at: datetime
     run_id: int | None = None
+    #: what proves a key belongs to the pinned instance, without the key
+    #: (:meth:`ClerkClient.key_check <clerk_sync_cli.clerk.client.ClerkClient.key_check>`)
+    key_check: str | None = None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import pytest
 from clerk_sync_cli.emulator import EmulatorConfig, RunningEmulator, start_emulator
 from clerk_sync_cli.store import this_process
 
-from .support import BOTH_SCHEMAS, Cli, dead_pid, populate, rows
+from .support import BOTH_SCHEMAS, SECRET, Cli, dead_pid, populate, rows
 
 ACTIONS = ["create", "update", "deactivate", "reactivate", "unchanged", "settings_missing"]
 
@@ -401,6 +401,52 @@ def test_a_key_of_another_instance_is_refused_with_exit_3(
     assert any("Re-pinned from Clerk instance ins_emulator" in n for n in moved["notes"])
     assert cli.json("status")["instance"]["id"] == "ins_prod"
     assert cli("backfill").exit_code == 3  # the old key is now the foreign one
+
+
+def test_a_key_confirmed_once_is_not_asked_about_again(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
+) -> None:
+    populate(emulator, 3)
+    assert cli("backfill").exit_code == 0  # pins, and confirms this key belongs to the pin
+    [(check,)] = db.execute("SELECT key_check FROM clerk_sync.instance").fetchall()
+    salt, _, digest = check.partition(":")
+    assert len(salt) == 32 and len(digest) == 64 and SECRET not in check  # never the key
+    for command in ("sync", "diff", "backfill", "sync"):
+        emulator.emulator.reset_stats()
+        assert cli(command).exit_code == 0
+        assert "GET /v1/instance" not in emulator.emulator.stats()["by_endpoint"], command
+    assert db.execute("SELECT key_check FROM clerk_sync.instance").fetchone() == (check,)
+
+
+def test_the_same_key_against_another_api_is_checked_and_refused(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
+) -> None:
+    """An emulator answering for another instance with the very same key string: what the
+    remembered key proves is the key *and* the API it was confirmed against."""
+    populate(emulator, 2)
+    assert cli("backfill").exit_code == 0
+    before = rows(db)
+    config = EmulatorConfig(users=2, seed=8, secret_key=SECRET, instance_id="ins_elsewhere")
+    with start_emulator(config) as elsewhere:
+        for args in (["sync"], ["diff", "--dry-run"], ["backfill"]):
+            result = cli(*args, CLERK_API_URL=elsewhere.base_url)
+            assert result.exit_code == 3, result.output
+            assert "ins_elsewhere" in result.stderr
+    assert rows(db) == before
+
+
+def test_a_read_only_run_reads_a_pin_from_before_the_key_check(
+    cli: Cli, emulator: RunningEmulator, db: psycopg.Connection[Any]
+) -> None:
+    populate(emulator, 2)
+    assert cli("backfill").exit_code == 0
+    db.execute("ALTER TABLE clerk_sync.instance DROP COLUMN key_check")
+    db.execute("DELETE FROM clerk_sync.migrations WHERE version >= 7")
+    emulator.emulator.reset_stats()
+    assert cli.json("diff", "--dry-run")["status"] == "ok"
+    assert emulator.emulator.stats()["by_endpoint"]["GET /v1/instance"] == 1
+    assert cli("sync").exit_code == 0  # migrates, checks the key once, and remembers it
+    assert db.execute("SELECT key_check IS NOT NULL FROM clerk_sync.instance").fetchone() == (True,)
 
 
 # -- pings ---------------------------------------------------------------------------------------

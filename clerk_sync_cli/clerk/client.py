@@ -18,8 +18,11 @@ The key never leaves in a message: the client registers it with :mod:`clerk_sync
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import re
+import secrets
 import threading
 import time
 import zlib
@@ -168,6 +171,21 @@ class ClerkClient:
         self._count_lock = threading.Lock()
         self._parsing = threading.BoundedSemaphore(PARSERS)
         self.budget = ByteBudget()
+
+    # -- the key's instance, remembered without the key -----------------------------------------
+
+    def key_check(self, salt: str | None = None) -> str:
+        """``salt:hexdigest``, the salted SHA-256 of this client's API URL and key: stored, it
+        proves a later run uses the same key against the same API (so the same instance, as a
+        Clerk key belongs to one for life) without storing anything the key can be read from."""
+        salt = salt or secrets.token_hex(16)
+        material = f"{salt}\n{self._base}\n{self._key.get_secret_value()}".encode()
+        return f"{salt}:{hashlib.sha256(material).hexdigest()}"
+
+    def has_key(self, key_check: str) -> bool:
+        """Whether ``key_check`` (:meth:`key_check`) was made from this client's URL and key."""
+        salt, _, _digest = key_check.partition(":")
+        return bool(salt) and hmac.compare_digest(self.key_check(salt), key_check)
 
     # -- the API -----------------------------------------------------------------------------
 
