@@ -147,22 +147,23 @@ def main() -> None:
         reads: dict[str, list[int]] = defaultdict(list)
         floor: list[float] = []
         with psycopg.connect(dsn) as conn:
+
+            def explained(page: list[Any], label: str, cursor: str) -> tuple[list[Any], Any]:
+                """``page`` through the apply unit and the checkpoint, explained, rolled back."""
+                mapped = [map_user(u, target.schema.limits) for u in page]
+                with Explaining(conn) as cur:
+                    cur.timings, cur.reads, cur.label = timings, reads, label
+                    outcome = apply_users(cur, target, mapped, seen_by=run_id)
+                    checkpoints.checkpoint(cur, run_id, 0, cursor, False)
+                conn.rollback()
+                return mapped, outcome
+
             for page in unchanged:
-                mapped = [map_user(u, target.schema.limits) for u in page]
-                with Explaining(conn) as cur:
-                    cur.timings, cur.reads, cur.label = timings, reads, "no-op diff page"
-                    outcome = apply_users(cur, target, mapped, seen_by=run_id)
-                    checkpoints.checkpoint(cur, run_id, 0, kept[-1], False)
+                _, outcome = explained(page, "no-op diff page", kept[-1])
                 assert outcome.unchanged == len(page), outcome
-                conn.rollback()
             for page in pages:
-                mapped = [map_user(u, target.schema.limits) for u in page]
-                with Explaining(conn) as cur:
-                    cur.timings, cur.reads, cur.label = timings, reads, "backfill page"
-                    outcome = apply_users(cur, target, mapped, seen_by=run_id)
-                    checkpoints.checkpoint(cur, run_id, 0, ids[-1], False)
+                mapped, outcome = explained(page, "backfill page", ids[-1])
                 assert sum(outcome.applied.values()) == len(page), outcome.applied
-                conn.rollback()
                 rows = [
                     dict(zip(ROW_KEYS, _floor_values(m), strict=True))
                     for m in mapped
